@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   install lapsv into .venv and run the main job
+#   make test   install lapsv into .venv and run the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint format clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of PyTorch first, so no dependency pulls a multi-GB CUDA build
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q -e ".[dev]"
+	# GE2E weights for the offline default frontend (weights only: its deps are optional)
+	$(BIN)/pip install -q --no-deps "resemblyzer==0.1.4"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lapsv embed ge2e tests/data/speaker_a_1.flac tests/data/speaker_a_2.flac tests/data/speaker_b_1.flac --out demo-embeddings.npz
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,48 @@
+"""Frontends: pre-trained speech encoders exposing all hidden layers as (B, L, T, D)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lapsv.config import FrontendConfig
+from lapsv.errors import ConfigError
+from lapsv.frontends.base import Frontend, FrontendOutput
+from lapsv.frontends.ge2e import GE2EEncoder, GE2EFrontend
+from lapsv.frontends.hf import HFFrontend, hf_frontend_from_config
+
+
+def _ge2e(config: FrontendConfig, *, pretrained: bool) -> Frontend:
+    if pretrained:
+        return GE2EFrontend.from_pretrained(freeze=config.freeze)
+    return GE2EFrontend(freeze=config.freeze)
+
+
+FRONTENDS: dict[str, Callable[..., Frontend]] = {
+    "ge2e": _ge2e,
+    "hf": hf_frontend_from_config,
+}
+
+
+def build_frontend(config: FrontendConfig, *, pretrained: bool = True) -> Frontend:
+    """Build a frontend from its config.
+
+    Args:
+        config: which encoder and how it is trained.
+        pretrained: load pre-trained weights (GE2E from resemblyzer's wheel, HF from
+            ``config.source``); False builds the recorded architecture with random
+            weights, to be filled from a saved model's safetensors.
+    """
+    if config.name not in FRONTENDS:
+        raise ConfigError(f"unknown frontend '{config.name}'; choose one of {sorted(FRONTENDS)}")
+    return FRONTENDS[config.name](config, pretrained=pretrained)
+
+
+__all__ = [
+    "FRONTENDS",
+    "Frontend",
+    "FrontendOutput",
+    "GE2EEncoder",
+    "GE2EFrontend",
+    "HFFrontend",
+    "build_frontend",
+]

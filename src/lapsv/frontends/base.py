@@ -1,0 +1,55 @@
+"""What every frontend provides: all hidden layers of a speech encoder, with frame lengths."""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lapsv.config import FrontendConfig
+
+
+class FrontendOutput(NamedTuple):
+    """hidden_states: (B, L, T, D) every layer; lengths: (B,) valid frames per item."""
+
+    hidden_states: torch.Tensor
+    lengths: torch.Tensor
+
+
+class Frontend(nn.Module, abc.ABC):
+    """A pre-trained speech encoder exposing its L hidden layers of width D.
+
+    Subclasses set ``n_layers``, ``hidden_size`` and ``sample_rate`` and implement
+    :meth:`frame_lengths`, :meth:`forward` and :meth:`config`. A frozen frontend has no
+    trainable parameters and stays in eval mode whatever ``train()`` asks.
+    """
+
+    n_layers: int
+    hidden_size: int
+    sample_rate: int = 16_000
+    frozen: bool = True
+
+    @abc.abstractmethod
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) valid samples -> (B,) valid frames."""
+
+    @abc.abstractmethod
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> FrontendOutput:
+        """(B, N) 16 kHz waveforms zero-padded, (B,) valid samples -> all hidden layers."""
+
+    @abc.abstractmethod
+    def config(self) -> FrontendConfig:
+        """The resolved config that rebuilds this frontend's architecture."""
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze (no gradients, eval mode) or unfreeze every parameter."""
+        self.frozen = frozen
+        for parameter in self.parameters():
+            parameter.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Frontend:
+        super().train(mode and not self.frozen)
+        return self

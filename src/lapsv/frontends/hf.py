@@ -1,0 +1,217 @@
+"""Hugging Face speech encoders (WavLM, HuBERT, wav2vec 2.0, data2vec-audio) as frontends.
+
+All ``num_hidden_layers + 1`` hidden states (CNN/feature-projection output and every
+Transformer layer) are returned stacked as (B, L, T, D). Padding is handled so that an
+utterance gives the same hidden states alone or in a batch:
+
+* encoders whose CNN uses layer norm (``feat_extract_norm == "layer"``: WavLM/HuBERT/
+  wav2vec 2.0 Large, data2vec-audio) get a sample-level attention mask;
+* encoders whose first CNN layer uses group norm (Base models) normalise over the whole
+  padded signal and must not see padding, so each distinct length runs on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+
+from lapsv.config import FrontendConfig
+from lapsv.errors import ModelLoadError
+from lapsv.frontends.base import Frontend, FrontendOutput
+
+# model_type -> (config class, model class). HuBERT really is HuBERT here.
+HF_ENCODERS: dict[str, tuple[type, type]] = {
+    "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+    "hubert": (transformers.HubertConfig, transformers.HubertModel),
+    "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
+    "data2vec-audio": (transformers.Data2VecAudioConfig, transformers.Data2VecAudioModel),
+}
+
+
+def _encoder_classes(model_type: str, source: str) -> tuple[type, type]:
+    if model_type not in HF_ENCODERS:
+        raise ModelLoadError(
+            f"{source}: model type '{model_type}' is not a supported speech encoder; "
+            f"supported: {', '.join(HF_ENCODERS)}"
+        )
+    return HF_ENCODERS[model_type]
+
+
+def _prepare_hf_config(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
+    """Every layer must feed LAP: no LayerDrop (it repeats a layer's input), no SpecAugment."""
+    config.layerdrop = 0.0
+    config.apply_spec_augment = False
+    config.mask_time_prob = 0.0
+    config.mask_feature_prob = 0.0
+    return config
+
+
+class HFFrontend(Frontend):
+    """A transformers speech encoder exposing all its hidden layers.
+
+    Build it with :meth:`from_pretrained` (hub id or local directory) or :meth:`from_config`
+    (random weights, e.g. for tests).
+
+    Args:
+        model: a ``WavLMModel`` / ``HubertModel`` / ``Wav2Vec2Model`` / ``Data2VecAudioModel``.
+        source: where it came from (recorded in the saved config).
+        freeze: frozen encoder in eval mode (stage 1).
+        freeze_feature_encoder: keep the CNN frozen while fine-tuning the Transformer.
+        gradient_checkpointing: trade compute for memory when fine-tuning.
+        normalize_waveform: per-utterance zero-mean unit-variance over valid samples.
+
+    Example:
+        >>> config = transformers.WavLMConfig(hidden_size=32, num_hidden_layers=2,
+        ...     num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
+        ...     conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+        ...     num_conv_pos_embedding_groups=2, feat_extract_norm="layer")
+        >>> frontend = HFFrontend.from_config(config)
+        >>> out = frontend(torch.randn(2, 4000), torch.tensor([4000, 2000]))
+        >>> tuple(out.hidden_states.shape), out.lengths.tolist()
+        ((2, 3, 199, 32), [199, 99])
+    """
+
+    def __init__(
+        self,
+        model: transformers.PreTrainedModel,
+        *,
+        source: str | None = None,
+        freeze: bool = True,
+        freeze_feature_encoder: bool = True,
+        gradient_checkpointing: bool = False,
+        normalize_waveform: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+        hf_config = model.config
+        self.n_layers = hf_config.num_hidden_layers + 1
+        self.hidden_size = hf_config.hidden_size
+        self.uses_attention_mask = getattr(hf_config, "feat_extract_norm", "layer") == "layer"
+        self.freeze_feature_encoder = freeze_feature_encoder
+        self.normalize_waveform = normalize_waveform
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.set_frozen(freeze)
+
+    @classmethod
+    def from_config(
+        cls, hf_config: transformers.PretrainedConfig | dict[str, Any], **options: Any
+    ) -> HFFrontend:
+        """Randomly initialised encoder of the given architecture (config object or dict)."""
+        if isinstance(hf_config, dict):
+            model_type = hf_config.get("model_type", "")
+            config_class, _ = _encoder_classes(model_type, "hf_config")
+            hf_config = config_class.from_dict(hf_config)
+        config_class, model_class = _encoder_classes(hf_config.model_type, "hf_config")
+        model = model_class(_prepare_hf_config(hf_config))
+        return cls(model, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str, *, normalize_waveform: bool | None = None, **options: Any
+    ) -> HFFrontend:
+        """Pre-trained encoder from a hub id (e.g. ``microsoft/wavlm-base-plus``) or directory."""
+        try:
+            hf_config = transformers.AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"cannot load the speech encoder '{source}' ({error}). Without network access, "
+                "download it elsewhere and pass its local directory."
+            ) from error
+        _, model_class = _encoder_classes(hf_config.model_type, source)
+        model = model_class.from_pretrained(source, config=_prepare_hf_config(hf_config))
+        if normalize_waveform is None:
+            normalize_waveform = _reads_do_normalize(source)
+        return cls(model, source=source, normalize_waveform=normalize_waveform, **options)
+
+    def set_frozen(self, frozen: bool) -> None:
+        super().set_frozen(frozen)
+        if not frozen and self.freeze_feature_encoder:
+            self.model.freeze_feature_encoder()
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        # transformers exposes the CNN's length arithmetic only as this underscored method
+        return self.model._get_feat_extract_output_lengths(sample_lengths).long()
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> FrontendOutput:
+        sample_mask = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None]
+        if self.normalize_waveform:
+            waveforms = _normalize(waveforms, sample_mask)
+        frame_lengths = self.frame_lengths(lengths)
+        if self.uses_attention_mask:
+            hidden = self._hidden_states(waveforms, sample_mask.long())
+        else:
+            hidden = self._hidden_states_per_length(waveforms, lengths, int(frame_lengths.max()))
+        return FrontendOutput(hidden, frame_lengths)
+
+    def _hidden_states(
+        self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        outputs = self.model(waveforms, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.stack(outputs.hidden_states, dim=1)
+
+    def _hidden_states_per_length(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, max_frames: int
+    ) -> torch.Tensor:
+        """Group-norm encoders: run the items of each distinct length unpadded."""
+        batch = waveforms.shape[0]
+        hidden = waveforms.new_zeros(batch, self.n_layers, max_frames, self.hidden_size)
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero(as_tuple=True)[0]
+            states = self._hidden_states(waveforms[rows, :length], attention_mask=None)
+            hidden[rows, :, : states.shape[2]] = states
+        return hidden
+
+    def config(self) -> FrontendConfig:
+        return FrontendConfig(
+            name="hf",
+            source=self.source,
+            freeze=self.frozen,
+            freeze_feature_encoder=self.freeze_feature_encoder,
+            gradient_checkpointing=self.gradient_checkpointing,
+            normalize_waveform=self.normalize_waveform,
+            hf_config=self.model.config.to_dict(),
+        )
+
+
+def hf_frontend_from_config(config: FrontendConfig, *, pretrained: bool) -> HFFrontend:
+    """Build from a FrontendConfig: the recorded architecture, or the pre-trained source."""
+    options = {
+        "freeze": config.freeze,
+        "freeze_feature_encoder": config.freeze_feature_encoder,
+        "gradient_checkpointing": config.gradient_checkpointing,
+    }
+    if config.hf_config is not None and not pretrained:
+        return HFFrontend.from_config(
+            dict(config.hf_config),
+            source=config.source,
+            normalize_waveform=bool(config.normalize_waveform),
+            **options,
+        )
+    if config.source is None:
+        raise ModelLoadError("frontend 'hf' needs a source: a hub id or a local directory")
+    return HFFrontend.from_pretrained(
+        config.source, normalize_waveform=config.normalize_waveform, **options
+    )
+
+
+def _reads_do_normalize(source: str) -> bool:
+    """The source's feature-extractor choice of waveform normalisation (False if absent)."""
+    try:
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError):
+        return False
+    return bool(getattr(extractor, "do_normalize", False))
+
+
+def _normalize(waveforms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero-mean unit-variance per utterance over valid samples; padding stays zero."""
+    weights = mask.to(waveforms.dtype)
+    count = weights.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = (waveforms * weights).sum(dim=1, keepdim=True) / count
+    var = ((waveforms - mean).pow(2) * weights).sum(dim=1, keepdim=True) / count
+    return (waveforms - mean) / torch.sqrt(var + 1e-7) * weights

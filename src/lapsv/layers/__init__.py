@@ -1,0 +1,1 @@
+"""Building blocks of the speaker backend: layer aggregation, pooling, speaker networks."""
