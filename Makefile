@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of PyTorch first, so no dependency pulls a multi-GB CUDA build
-	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	# GE2E weights for the offline default frontend (weights only: its deps are optional)
 	$(BIN)/pip install -q --no-deps "resemblyzer==0.1.4"

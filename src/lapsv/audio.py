@@ -51,7 +51,9 @@ def load_audio(
     try:
         data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
-        raise AudioError(source, f"cannot decode audio ({error}); is it a wav/flac/ogg file?")
+        raise AudioError(
+            source, f"cannot decode audio ({error}); is it a wav/flac/ogg file?"
+        ) from error
     return prepare_waveform(
         data, rate, source=source, sample_rate=sample_rate, min_seconds=min_seconds
     )

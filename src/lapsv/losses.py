@@ -31,7 +31,7 @@ def margin_at_step(
     >>> margin_at_step(0, final_margin=0.3, ramp_steps=100)
     0.0
     >>> round(margin_at_step(50, final_margin=0.3, ramp_steps=100), 4)
-    0.2905
+    0.2908
     >>> margin_at_step(100, final_margin=0.3, ramp_steps=100)
     0.3
     """

@@ -5,9 +5,11 @@ Transformer layer) are returned stacked as (B, L, T, D). Padding is handled so t
 utterance gives the same hidden states alone or in a batch:
 
 * encoders whose CNN uses layer norm (``feat_extract_norm == "layer"``: WavLM/HuBERT/
-  wav2vec 2.0 Large, data2vec-audio) get a sample-level attention mask;
+  wav2vec 2.0 Large) run as one padded batch with a sample-level attention mask;
 * encoders whose first CNN layer uses group norm (Base models) normalise over the whole
-  padded signal and must not see padding, so each distinct length runs on its own.
+  padded signal, and data2vec-audio's stack of positional convolutions carries padded
+  frames into valid ones: these must not see padding, so each distinct length runs on
+  its own (sort inputs by length to keep such batches efficient).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class HFFrontend(Frontend):
         >>> frontend = HFFrontend.from_config(config)
         >>> out = frontend(torch.randn(2, 4000), torch.tensor([4000, 2000]))
         >>> tuple(out.hidden_states.shape), out.lengths.tolist()
-        ((2, 3, 199, 32), [199, 99])
+        ((2, 3, 198, 32), [198, 98])
     """
 
     def __init__(
@@ -89,12 +91,15 @@ class HFFrontend(Frontend):
         hf_config = model.config
         self.n_layers = hf_config.num_hidden_layers + 1
         self.hidden_size = hf_config.hidden_size
-        self.uses_attention_mask = getattr(hf_config, "feat_extract_norm", "layer") == "layer"
+        self.uses_attention_mask = (
+            getattr(hf_config, "feat_extract_norm", "layer") == "layer"
+            and hf_config.model_type != "data2vec-audio"
+        )
         self.freeze_feature_encoder = freeze_feature_encoder
         self.normalize_waveform = normalize_waveform
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            _enable_activation_checkpointing(model)
         self.set_frozen(freeze)
 
     @classmethod
@@ -197,6 +202,15 @@ def hf_frontend_from_config(config: FrontendConfig, *, pretrained: bool) -> HFFr
     return HFFrontend.from_pretrained(
         config.source, normalize_waveform=config.normalize_waveform, **options
     )
+
+
+def _enable_activation_checkpointing(model: transformers.PreTrainedModel) -> None:
+    """Non-reentrant checkpointing, under the name this transformers version uses."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _reads_do_normalize(source: str) -> bool:

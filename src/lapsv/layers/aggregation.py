@@ -89,7 +89,7 @@ class SuperbWeightedSum(nn.Module):
     Example:
         >>> superb = SuperbWeightedSum(n_layers=3, in_dim=8)
         >>> features, weights = superb(torch.randn(2, 3, 5, 8))
-        >>> tuple(features.shape), float(weights[0, 0, 0].sum())
+        >>> tuple(features.shape), round(weights[0, 0, 0].sum().item(), 6)
         ((2, 8, 5), 1.0)
     """
 

@@ -1,0 +1,126 @@
+"""Backend: parameter counts, shapes, padding invariance, LAP/SUPERB properties, gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lapsv import build_backend
+from lapsv.errors import ConfigError
+from lapsv.layers.aggregation import LayerAttentivePooling, SuperbWeightedSum
+
+AGGREGATIONS = ["lap", "superb", "last"]
+SPEAKER_NETS = ["astp", "ecapa", "mhfa"]
+SMALL = {"lap_heads": 4, "lap_out_dim": 32, "ecapa_channels": 64, "mhfa_heads": 4}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # running stats are buffers
+
+
+@pytest.mark.parametrize(
+    ("in_dim", "n_layers", "expected"),
+    [(1024, 25, 2_312_464), (768, 13, 1_714_480)],
+)
+def test_lap_astp_parameter_count_matches_paper(in_dim, n_layers, expected):
+    backend = build_backend("lap", "astp", in_dim=in_dim, n_layers=n_layers)
+    assert count_parameters(backend) == expected
+
+
+def test_ecapa_widths_and_relative_size():
+    lap_astp = count_parameters(build_backend("lap", "astp", in_dim=1024, n_layers=25))
+    ecapa_512 = build_backend("superb", "ecapa", in_dim=1024, n_layers=25)
+    ecapa_1024 = build_backend("superb", "ecapa", in_dim=1024, n_layers=25, ecapa_channels=1024)
+    assert ecapa_512.network.temporal.stem.conv.out_channels == 512
+    assert ecapa_1024.network.temporal.stem.conv.out_channels == 1024
+    assert count_parameters(ecapa_1024) > 2 * lap_astp
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "speaker_net"), list(itertools.product(AGGREGATIONS, SPEAKER_NETS))
+)
+def test_every_backend_gives_192_d_embeddings(aggregation, speaker_net):
+    backend = build_backend(aggregation, speaker_net, in_dim=32, n_layers=5, **SMALL).eval()
+    embeddings = backend(torch.randn(3, 5, 40, 32), torch.tensor([40, 33, 12]))
+    assert embeddings.shape == (3, 192)
+    assert torch.isfinite(embeddings).all()
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "speaker_net"), list(itertools.product(AGGREGATIONS, SPEAKER_NETS))
+)
+def test_embedding_is_independent_of_padding_and_batch(aggregation, speaker_net):
+    backend = build_backend(aggregation, speaker_net, in_dim=32, n_layers=5, **SMALL).eval()
+    lengths = torch.tensor([57, 23, 40, 9])
+    hidden = torch.randn(4, 5, 57, 32)
+    for row, length in enumerate(lengths):  # padding filled with large garbage, not zeros
+        hidden[row, :, length:] = 1e3 * torch.randn_like(hidden[row, :, length:])
+    with torch.no_grad():
+        batched = backend(hidden, lengths)
+        other_batch = backend(hidden[[1, 3]], lengths[[1, 3]])
+        for row, length in enumerate(lengths.tolist()):
+            alone = backend(hidden[row : row + 1, :, :length], lengths[row : row + 1])
+            assert (alone - batched[row]).abs().max() < 1e-4
+        assert (other_batch - batched[[1, 3]]).abs().max() < 1e-4
+
+
+def test_lap_scores_are_probabilities_per_head_frame_and_layer():
+    lap = LayerAttentivePooling(n_layers=25, in_dim=64, n_heads=16, out_dim=32).eval()
+    features, scores = lap(torch.randn(2, 25, 30, 64))
+    assert features.shape == (2, 32, 30)
+    assert scores.shape == (2, 16, 30, 25)
+    assert scores.min() >= 0 and scores.max() <= 1
+    assert scores.std() > 0  # time-dynamic, not a constant
+
+
+def test_lap_depends_on_layer_order_unlike_an_average():
+    hidden = torch.randn(2, 7, 20, 32)
+    permutation = torch.tensor([6, 0, 5, 1, 4, 2, 3])
+    lap = LayerAttentivePooling(n_layers=7, in_dim=32, n_heads=4, out_dim=16).eval()
+    lap_change = (lap(hidden)[0] - lap(hidden[:, permutation])[0]).abs().max()
+    superb = SuperbWeightedSum(n_layers=7, in_dim=32)  # uniform weights: a plain average
+    superb_change = (superb(hidden)[0] - superb(hidden[:, permutation])[0]).abs().max()
+    assert lap_change > 1e-2
+    assert superb_change < 1e-5
+
+
+def test_superb_weights_sum_to_one():
+    superb = SuperbWeightedSum(n_layers=13, in_dim=8)
+    with torch.no_grad():
+        superb.layer_logits.normal_()
+    _, weights = superb(torch.randn(2, 13, 4, 8))
+    assert weights.shape == (2, 1, 4, 13)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 1, 4))
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "speaker_net"), list(itertools.product(["lap", "superb"], SPEAKER_NETS))
+)
+def test_every_backend_parameter_gets_a_gradient(aggregation, speaker_net):
+    backend = build_backend(aggregation, speaker_net, in_dim=32, n_layers=5, **SMALL).train()
+    embeddings = backend(torch.randn(4, 5, 30, 32), torch.tensor([30, 30, 20, 25]))
+    embeddings.pow(2).sum().backward()
+    for name, parameter in backend.named_parameters():
+        assert parameter.grad is not None, name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_backend_weights_are_xavier_with_zero_biases():
+    backend = build_backend("lap", "astp", in_dim=64, n_layers=5, lap_heads=4, lap_out_dim=32)
+    projection = backend.network.temporal.head.projection
+    bound = (6 / (projection.in_features + projection.out_features)) ** 0.5
+    assert projection.weight.abs().max() <= bound
+    assert torch.count_nonzero(projection.bias) == 0
+
+
+def test_unknown_names_and_options_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown aggregation 'mean'"):
+        build_backend("mean", "astp", in_dim=32, n_layers=3)
+    with pytest.raises(ConfigError, match="unknown speaker_net"):
+        build_backend("lap", "xvector", in_dim=32, n_layers=3)
+    with pytest.raises(ConfigError, match="lap_head"):
+        build_backend("lap", "astp", in_dim=32, n_layers=3, lap_head=4)
+    with pytest.raises(ValueError, match="divisible"):
+        build_backend("lap", "astp", in_dim=30, n_layers=3)
