@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests
