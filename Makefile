@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lapsv embed ge2e tests/data/speaker_a_1.flac tests/data/speaker_a_2.flac tests/data/speaker_b_1.flac --out demo-embeddings.npz
+	$(BIN)/lapsv embed ge2e tests/data/*.flac --out demo-embeddings.npz
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -38,6 +38,17 @@ def tiny_hf_config(model_type: str, feat_extract_norm: str = "layer"):
     return config_classes[model_type](**options)
 
 
+def assert_padding_invariant(embed, waves, *, atol: float = 1e-4) -> None:
+    """Each waveform embedded alone equals its row in one zero-padded batch of all."""
+    from lapsv.audio import pad_batch
+
+    waveforms, lengths = pad_batch(waves)
+    batched = embed(waveforms, lengths)
+    for row, wave in enumerate(waves):
+        alone = embed(torch.as_tensor(wave)[None], torch.tensor([len(wave)]))
+        assert (alone[0] - batched[row]).abs().max() < atol, f"item {row} changed with padding"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

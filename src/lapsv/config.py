@@ -131,23 +131,22 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
-        return value
+    if hint in _SCALARS:
+        description, accepted = _SCALARS[hint]
+        if isinstance(value, bool) is not (hint is bool) or not isinstance(value, accepted):
+            raise ConfigError(f"config key '{path}' must be {description}, got {value!r}")
+        return hint(value)
     return value
+
+
+# scalar type -> (what the error message asks for, accepted Python types); YAML booleans
+# are accepted only where a bool is expected, never as 0/1.
+_SCALARS: dict[type, tuple[str, type | tuple[type, ...]]] = {
+    bool: ("true or false", bool),
+    int: ("an integer", int),
+    float: ("a number", (int, float)),
+    str: ("a string", str),
+}
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
