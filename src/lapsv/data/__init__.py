@@ -1,0 +1,1 @@
+"""Data: manifests, Debian-packaged audio, corpora, augmentation, datasets."""
