@@ -94,6 +94,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from lapsv.training import load_recipe, train
+
+    config = load_recipe(args.recipe, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    outputs = train(config, out, progress=not args.quiet)
+    for name, path in outputs.items():
+        print(f"{name}: final model -> {path}")
+    return 0
+
+
 def _report_failures(failures: Sequence[tuple[str, str]]) -> int:
     if not failures:
         return 0
@@ -124,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
     embed.set_defaults(func=cmd_embed)
+
+    train = verbs.add_parser(
+        "train", help="run a training stage from a YAML recipe (resumes if interrupted)"
+    )
+    train.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)"
+    )
+    train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
 
     info = verbs.add_parser("info", help="describe a model: sizes, parameters, config")
     info.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import soundfile
 import torch
+from tqdm import tqdm
 
-from lapsv.audio import pad_batch
+from lapsv.audio import load_audio, pad_batch
+from lapsv.errors import AudioError
+from lapsv.files import atomic_path
 
 
 class Embedder(Protocol):
@@ -47,3 +53,80 @@ def embed_waveforms(
         output = model.embed(batch.to(device), lengths.to(device))
         embeddings[rows] = output.float().cpu().numpy()
     return embeddings
+
+
+@dataclasses.dataclass
+class EmbeddingSet:
+    """Embeddings of named utterances, with durations and the files that failed.
+
+    ids: n utterance ids; embeddings: (n, E) float32; seconds: (n,) durations;
+    failures: (id, reason) of utterances that could not be embedded.
+    """
+
+    ids: list[str]
+    embeddings: np.ndarray
+    seconds: np.ndarray
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def index(self) -> dict[str, int]:
+        return {utt: row for row, utt in enumerate(self.ids)}
+
+    def save(self, path: str | Path, *, model_id: str = "") -> None:
+        """Write an .npz atomically (no pickled objects inside)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                ids=np.array(self.ids, dtype=str),
+                embeddings=self.embeddings,
+                seconds=self.seconds,
+                model_id=np.array(model_id),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[EmbeddingSet, str]:
+        """Read an .npz written by :meth:`save`; returns the set and its model id."""
+        with np.load(path, allow_pickle=False) as data:
+            model_id = str(data["model_id"]) if "model_id" in data else ""
+            seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
+            return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
+
+
+def extract_embeddings(
+    model: Embedder,
+    items: Sequence[tuple[str, str | Path]],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EmbeddingSet:
+    """Embed (utterance id, audio path) items, full length, in length-sorted batches.
+
+    Files are read batch by batch (memory stays bounded by one batch); unreadable or
+    unusable files are recorded in ``failures`` and the others are still embedded.
+    """
+    durations = []
+    failures: list[tuple[str, str]] = []
+    for utt, path in items:
+        try:
+            durations.append((soundfile.info(str(path)).duration, utt, path))
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            failures.append((utt, f"{path}: cannot read ({error})"))
+    durations.sort(key=lambda item: -item[0])
+    ids, vectors, seconds = [], [], []
+    batches = range(0, len(durations), batch_size)
+    for start in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
+        waves, batch_ids = [], []
+        for _, utt, path in durations[start : start + batch_size]:
+            try:
+                waves.append(load_audio(path, sample_rate=model.sample_rate))
+                batch_ids.append(utt)
+            except AudioError as error:
+                failures.append((utt, str(error)))
+        if waves:
+            vectors.append(embed_waveforms(model, waves, batch_size=batch_size, device=device))
+            ids.extend(batch_ids)
+            seconds.extend(len(w) / model.sample_rate for w in waves)
+    embeddings = (
+        np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), dtype=np.float32)
+    )
+    return EmbeddingSet(ids, embeddings, np.array(seconds, dtype=np.float32), failures)

@@ -50,6 +50,9 @@ class Frontend(nn.Module, abc.ABC):
             parameter.requires_grad_(not frozen)
         self.train(self.training)
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in backward to save memory (Transformer frontends)."""
+
     def train(self, mode: bool = True) -> Frontend:
         super().train(mode and not self.frozen)
         return self

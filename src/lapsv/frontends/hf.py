@@ -97,9 +97,8 @@ class HFFrontend(Frontend):
         )
         self.freeze_feature_encoder = freeze_feature_encoder
         self.normalize_waveform = normalize_waveform
-        self.gradient_checkpointing = gradient_checkpointing
-        if gradient_checkpointing:
-            _enable_activation_checkpointing(model)
+        self.gradient_checkpointing = False
+        self.set_gradient_checkpointing(gradient_checkpointing)
         self.set_frozen(freeze)
 
     @classmethod
@@ -137,6 +136,13 @@ class HFFrontend(Frontend):
         super().set_frozen(frozen)
         if not frozen and self.freeze_feature_encoder:
             self.model.freeze_feature_encoder()
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled and not self.gradient_checkpointing:
+            _enable_activation_checkpointing(self.model)
+        elif not enabled and self.gradient_checkpointing:
+            self.model.gradient_checkpointing_disable()
+        self.gradient_checkpointing = enabled
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         # transformers exposes the CNN's length arithmetic only as this underscored method
@@ -190,7 +196,8 @@ def hf_frontend_from_config(config: FrontendConfig, *, pretrained: bool) -> HFFr
         "freeze_feature_encoder": config.freeze_feature_encoder,
         "gradient_checkpointing": config.gradient_checkpointing,
     }
-    if config.hf_config is not None and not pretrained:
+    # a recorded architecture without a source (or when weights come from a saved model)
+    if config.hf_config is not None and (not pretrained or config.source is None):
         return HFFrontend.from_config(
             dict(config.hf_config),
             source=config.source,

@@ -1,0 +1,23 @@
+"""Learning rate as a pure function of the optimizer step (resuming needs only the step)."""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_at_step(
+    step: int, *, total_steps: int, lr: float, final_lr: float, warmup_fraction: float
+) -> float:
+    """Linear warm-up to ``lr`` over the first ``warmup_fraction`` of steps, then cosine to
+    ``final_lr`` at ``total_steps``.
+
+    >>> [round(lr_at_step(s, total_steps=10, lr=1.0, final_lr=0.0, warmup_fraction=0.2), 3)
+    ...  for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    warmup = round(total_steps * warmup_fraction)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(total_steps - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return final_lr + 0.5 * (lr - final_lr) * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,166 @@
+"""Training stages 1-3 end to end on a tiny random WavLM and a generated corpus."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+import safetensors.torch
+import soundfile
+import torch
+
+import lapsv
+from conftest import tiny_hf_config
+from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
+from lapsv.data.dataset import CropConfig, CropDataset, SpeakerBalancedSampler, speed_perturb
+from lapsv.data.manifest import read_manifest
+from lapsv.errors import ConfigError
+from lapsv.training import train
+from lapsv.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
+from synthetic import make_corpus, voice
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    paths = make_corpus(root)
+    rng = torch.Generator().manual_seed(0)
+    for kind in ("noise", "music", "speech"):  # a MUSAN-shaped folder
+        folder = root / "musan" / kind
+        folder.mkdir(parents=True)
+        soundfile.write(folder / "a.wav", torch.randn(16000, generator=rng).numpy() * 0.1, 16000)
+    rir = torch.zeros(1600)
+    rir[0], rir[400] = 1.0, 0.3
+    (root / "rirs" / "simulated_rirs").mkdir(parents=True)
+    soundfile.write(root / "rirs" / "simulated_rirs" / "r.wav", rir.numpy(), 16000)
+    paths.update(musan=root / "musan", rirs=root / "rirs")
+    return paths
+
+
+def stage_config(corpus, **changes) -> TrainConfig:
+    hf = tiny_hf_config("wavlm").to_dict()
+    base = TrainConfig(
+        name="lap_astp",
+        model=ModelConfig(
+            frontend=FrontendConfig(name="hf", hf_config=hf, freeze=True),
+            backend=BackendConfig(lap_heads=4, lap_out_dim=32, embed_dim=16),
+        ),
+        compare={"superb_astp": {"aggregation": "superb"}},
+        data=DataConfig(
+            train_manifest=str(corpus["train"]),
+            val_manifest=str(corpus["val"]),
+            val_trials=str(corpus["val_trials"]),
+            crop_seconds=0.5,
+            speed_perturb=True,
+            musan=str(corpus["musan"]),
+            rirs=str(corpus["rirs"]),
+            num_workers=0,
+            mean_utterances=6,
+        ),
+        optim=OptimConfig(epochs=3, batch_size=12, lr=5e-3, final_lr=1e-4),
+        loss=LossConfig(margin_ramp_epochs=2),
+        keep_best=2,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
+    stage1 = tmp_path / "stage1"
+    outputs = train(stage_config(corpus), stage1, progress=False)
+    assert set(outputs) == {"lap_astp", "superb_astp"}
+    rows = list(csv.DictReader(open(stage1 / "metrics.csv")))
+    assert len(rows) == 6  # 3 epochs x 2 systems
+    assert all(0 <= float(r["val_eer"]) <= 100 for r in rows)
+    assert float(rows[-1]["margin"]) == pytest.approx(0.3)  # ramp finished after 2 epochs
+    assert len(list((stage1 / "checkpoints").glob("epoch-*"))) <= 3  # best 2 + last
+    classifier = safetensors.torch.load_file(str(stage1 / "lap_astp" / "classifier.safetensors"))
+    assert classifier["weight"].shape == (6 * 3 * 3, 16)  # 6 speakers x 3 speeds x 3 sub-centers
+    assert (stage1 / "curves.png").stat().st_size > 10_000
+    model = lapsv.load_model(outputs["lap_astp"])
+    assert model.embed(torch.randn(1, 8000), torch.tensor([8000])).shape == (1, 16)
+
+    joint = dataclasses.replace(
+        stage_config(corpus, stage=2, compare={}, init_from=str(stage1)),
+        model=ModelConfig(frontend=FrontendConfig(name="hf", freeze=False)),
+        optim=OptimConfig(epochs=1, batch_size=12, lr=1e-3, final_lr=1e-4),
+    )
+    joint = dataclasses.replace(joint, data=dataclasses.replace(joint.data, speed_perturb=False))
+    stage2 = tmp_path / "stage2"
+    outputs2 = train(joint, stage2, progress=False)
+    classifier2 = safetensors.torch.load_file(str(stage2 / "lap_astp" / "classifier.safetensors"))
+    assert classifier2["weight"].shape == (6 * 3, 16)  # no speed-perturbation classes
+    before = lapsv.load_model(outputs["lap_astp"]).frontend.state_dict()
+    after = lapsv.load_model(outputs2["lap_astp"]).frontend.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the frontend was trained
+
+    large_margin = dataclasses.replace(
+        joint,
+        stage=3,
+        init_from=str(stage2),
+        data=dataclasses.replace(joint.data, crop_seconds=1.0),
+        optim=OptimConfig(epochs=1, batch_size=12, grad_accum=2, lr=1e-4, final_lr=1e-4),
+        loss=LossConfig(margin=0.5, initial_margin=0.5, margin_ramp_epochs=0, topk=0),
+    )
+    outputs3 = train(large_margin, tmp_path / "stage3", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "stage3" / "metrics.csv")))
+    assert float(rows[-1]["margin"]) == 0.5
+    assert lapsv.load_model(outputs3["lap_astp"]).embed_dim == 16
+
+
+def test_rerun_resumes_from_the_last_checkpoint(tmp_path, corpus):
+    config = stage_config(corpus, compare={}, optim=OptimConfig(epochs=2, batch_size=12))
+    train(config, tmp_path, progress=False)
+    history = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(history) == 3
+    train(config, tmp_path, progress=False)  # finished: nothing to redo
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == history
+    with pytest.raises(ConfigError, match="different recipe"):
+        train(dataclasses.replace(config, seed=1), tmp_path, progress=False)
+
+
+def test_compare_needs_a_frozen_frontend(tmp_path, corpus):
+    config = stage_config(corpus)
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model,
+            frontend=FrontendConfig(
+                name="hf", hf_config=config.model.frontend.hf_config, freeze=False
+            ),
+        ),
+    )
+    with pytest.raises(ConfigError, match="frozen frontend"):
+        train(config, tmp_path, progress=False)
+
+
+def test_crops_have_fixed_length_and_speed_classes(corpus):
+    manifest = read_manifest(corpus["train"])
+    dataset = CropDataset(manifest, CropConfig(seconds=2.5, speed_factors=(1.0, 0.9, 1.1)))
+    labels = set()
+    for index in range(len(dataset)):
+        wave, label = dataset[index]
+        assert wave.shape == (40000,)  # utterances are 1-3 s: short ones are repeated
+        labels.add(label)
+    assert dataset.n_classes == 18
+    assert max(labels) >= 6  # perturbed copies got new classes
+    first = dataset[0][0]
+    assert torch.equal(dataset[0][0], first)  # deterministic per (seed, epoch, index)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[0][0], first)
+
+
+def test_speed_perturbation_changes_duration_and_pitch():
+    import numpy as np
+
+    wave = voice(150.0, 1000.0, 1.0, np.random.default_rng(0))
+    slower = speed_perturb(wave, 0.9)
+    assert abs(len(slower) - 16000 / 0.9) <= 2
+
+
+def test_balanced_sampler_draws_speakers_uniformly():
+    speakers = ["a"] * 90 + ["b"] * 10
+    sampler = SpeakerBalancedSampler(speakers, seed=0)
+    drawn = [speakers[i] for i in sampler]
+    assert len(drawn) == 100
+    assert 35 <= drawn.count("b") <= 65
