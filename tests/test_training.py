@@ -69,7 +69,7 @@ def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
     stage1 = tmp_path / "stage1"
     outputs = train(stage_config(corpus), stage1, progress=False)
     assert set(outputs) == {"lap_astp", "superb_astp"}
-    rows = list(csv.DictReader(open(stage1 / "metrics.csv")))
+    rows = list(csv.DictReader((stage1 / "metrics.csv").read_text().splitlines()))
     assert len(rows) == 6  # 3 epochs x 2 systems
     assert all(0 <= float(r["val_eer"]) <= 100 for r in rows)
     assert float(rows[-1]["margin"]) == pytest.approx(0.3)  # ramp finished after 2 epochs
@@ -103,7 +103,7 @@ def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
         loss=LossConfig(margin=0.5, initial_margin=0.5, margin_ramp_epochs=0, topk=0),
     )
     outputs3 = train(large_margin, tmp_path / "stage3", progress=False)
-    rows = list(csv.DictReader(open(tmp_path / "stage3" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "stage3" / "metrics.csv").read_text().splitlines()))
     assert float(rows[-1]["margin"]) == 0.5
     assert lapsv.load_model(outputs3["lap_astp"]).embed_dim == 16
 

@@ -305,7 +305,7 @@ class Trainer:
                         )
                     system.optimizer.step()
                     system.optimizer.zero_grad(set_to_none=True)
-                    totals[system.name]["loss"] += float(output.loss) * len(labels)
+                    totals[system.name]["loss"] += output.loss.item() * len(labels)
                     correct = (output.logits.argmax(dim=-1) == labels).sum()
                     totals[system.name]["correct"] += float(correct)
             seen += len(labels)

@@ -1,0 +1,84 @@
+"""Which layers the model uses over time: LAP's layer scores, as numbers and pictures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lapsv.files import atomic_path
+from lapsv.model import SpeakerModel
+
+
+def layer_weights(model: SpeakerModel, waveform: np.ndarray) -> np.ndarray:
+    """Layer weights of one 16 kHz utterance: (H, T, L) (LAP: sigmoid scores per head).
+
+    SUPERB gives its static softmax weights (H=1), ``last`` a one-hot on the last layer.
+    """
+    waves = torch.as_tensor(waveform, dtype=torch.float32)[None]
+    lengths = torch.tensor([waves.shape[1]])
+    _, weights, frames = model.embed_with_layer_weights(waves, lengths)
+    return weights[0, :, : int(frames[0])].float().cpu().numpy()
+
+
+def dominant_layers(weights: Sequence[np.ndarray], *, top: int = 3) -> list[tuple[int, float]]:
+    """The ``top`` layers with the highest mean weight over heads and frames of all inputs."""
+    mean = np.concatenate([w.mean(axis=0) for w in weights]).mean(axis=0)  # (L,)
+    order = np.argsort(-mean)[:top]
+    return [(int(layer), float(mean[layer])) for layer in order]
+
+
+def plot_layer_weights(
+    weights: np.ndarray,
+    path: str | Path,
+    *,
+    title: str = "LAP layer scores",
+    frames_per_second: float = 100.0,
+    max_heads: int = 16,
+) -> Path:
+    """Heat maps of (H, T, L) layer weights: the head average on top, then each head.
+
+    Layer 0 is the frontend's first hidden state (CNN/feature projection, or GE2E's first
+    LSTM layer); time runs left to right.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads, frames, layers = weights.shape
+    shown = min(heads, max_heads)
+    columns = min(shown, 4) if heads > 1 else 1
+    rows = int(np.ceil(shown / columns)) if heads > 1 else 0
+    figure = plt.figure(figsize=(10, 2.6 + 1.5 * rows))
+    grid = figure.add_gridspec(1 + rows, columns, height_ratios=[2.0] + [1.0] * rows)
+    extent = (0, frames / frames_per_second, -0.5, layers - 0.5)
+    top = figure.add_subplot(grid[0, :])
+    image = top.imshow(
+        weights.mean(axis=0).T, aspect="auto", origin="lower", extent=extent, cmap="magma"
+    )
+    top.set_title(f"{title}: mean over {heads} head(s)")
+    top.set_ylabel("layer")
+    top.set_xlabel("time (s)")
+    figure.colorbar(image, ax=top, fraction=0.025, pad=0.01)
+    for head in range(shown if heads > 1 else 0):
+        axis = figure.add_subplot(grid[1 + head // columns, head % columns])
+        axis.imshow(
+            weights[head].T,
+            aspect="auto",
+            origin="lower",
+            extent=extent,
+            cmap="magma",
+            vmin=float(weights.min()),
+            vmax=float(weights.max()),
+        )
+        axis.set_title(f"head {head}", fontsize=8)
+        axis.tick_params(labelsize=6)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return path
