@@ -22,3 +22,7 @@ class AudioError(LapsvError, ValueError):
 
 class ModelLoadError(LapsvError, OSError):
     """A model directory, hub id or weight file cannot be loaded."""
+
+
+class ScoringError(LapsvError, ValueError):
+    """Scores, labels, trial lists or embeddings cannot be scored; the message says why."""

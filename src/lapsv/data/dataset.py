@@ -16,7 +16,8 @@ import soundfile
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lapsv.audio import SAMPLE_RATE, load_audio, resample
+from lapsv.audio import SAMPLE_RATE, load_audio
+from lapsv.data.augment import speed_perturb
 from lapsv.data.manifest import Manifest
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -28,18 +29,6 @@ class CropConfig:
 
     seconds: float = 2.0
     speed_factors: tuple[float, ...] = (1.0,)
-
-
-def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``wave`` ``factor`` times faster (duration / factor, pitch * factor), like sox speed.
-
-    >>> speed_perturb(np.zeros(1600, dtype=np.float32), 0.9).shape
-    (1778,)
-    """
-    if factor == 1.0:
-        return wave
-    rate = round(SAMPLE_RATE / factor)
-    return resample(wave, rate, SAMPLE_RATE)
 
 
 class CropDataset(Dataset):

@@ -1,0 +1,362 @@
+"""Cosine scoring, multi-utterance enrolment and adaptive s-norm (AS-norm), METHOD.md §6.
+
+Every vector that is scored goes through :func:`center_and_normalize`: length
+normalisation, subtraction of ``mean`` (the mean of the length-normalised training
+embeddings, :func:`embedding_mean`), and length normalisation again. Length normalisation
+is idempotent, so raw embeddings, enrolled models (:func:`enroll_models`, unit vectors in
+the same uncentred space) and their mixtures are all handled alike; pass the same ``mean``
+to every function of one evaluation. A cohort from :func:`speaker_cohort` is already
+centred and normalised and is used as it is.
+
+Scores are computed in float32, in chunks, without a Python loop per trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lapsv.errors import ScoringError
+
+__all__ = [
+    "EmbeddingTable",
+    "as_norm",
+    "center_and_normalize",
+    "cosine_scores",
+    "embedding_mean",
+    "embedding_table",
+    "enroll_models",
+    "length_normalize",
+    "speaker_cohort",
+    "subtract_mean",
+]
+
+_CHUNK_ELEMENTS = 1 << 23  # float32 elements per temporary block (32 MiB)
+
+
+def _matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ScoringError(f"{name} must be a non-empty (n, E) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ScoringError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def length_normalize(x: np.ndarray) -> np.ndarray:
+    """Scale each row (last axis) to unit L2 norm; float32 unless ``x`` is float64.
+
+    An all-zero row stays zero.
+
+    >>> length_normalize(np.array([[3.0, 4.0]])).tolist()
+    [[0.6, 0.8]]
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float64:
+        x = x.astype(np.float32, copy=False)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
+
+
+def subtract_mean(embeddings: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """``embeddings - mean`` for (n, E) embeddings and an (E,) mean; ``None`` is a no-op.
+
+    >>> subtract_mean(np.ones((2, 3)), np.full(3, 0.5)).tolist()
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    """
+    if mean is None:
+        return embeddings
+    mean = np.asarray(mean)
+    if mean.shape != (np.shape(embeddings)[-1],):
+        raise ScoringError(
+            f"mean of shape {mean.shape} does not fit embeddings of shape {np.shape(embeddings)}"
+        )
+    return embeddings - mean.astype(np.asarray(embeddings).dtype, copy=False)
+
+
+def embedding_mean(embeddings: np.ndarray) -> np.ndarray:
+    """(E,) mean of the length-normalised (n, E) training embeddings: the ``mean`` to pass on.
+
+    >>> embedding_mean(np.array([[2.0, 0.0], [0.0, 5.0]])).tolist()
+    [0.5, 0.5]
+    """
+    return length_normalize(_matrix(embeddings, "embeddings")).mean(axis=0)
+
+
+def center_and_normalize(x: np.ndarray, *, mean: np.ndarray | None = None) -> np.ndarray:
+    """Length-normalise, subtract ``mean``, length-normalise again: (n, E) -> (n, E).
+
+    >>> center_and_normalize(np.array([[2.0, 0.0]]), mean=np.array([0.0, -1.0])).round(4)
+    array([[0.7071, 0.7071]])
+    """
+    x = length_normalize(x)
+    if mean is None:
+        return x
+    return length_normalize(subtract_mean(x, mean))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EmbeddingTable:
+    """Embeddings addressed by utterance (or model) id.
+
+    Attributes:
+        ids: (n,) unique ids, one per row.
+        vectors: (n, E) embeddings.
+    """
+
+    ids: tuple[str, ...]
+    vectors: np.ndarray
+    _index: dict[str, int] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(self.ids))
+        vectors = _matrix(self.vectors, "embeddings")
+        if vectors.shape[0] != len(self.ids):
+            raise ScoringError(f"{len(self.ids)} ids but {vectors.shape[0]} embedding rows")
+        object.__setattr__(self, "vectors", vectors)
+        index = {utt: row for row, utt in enumerate(self.ids)}
+        if len(index) != len(self.ids):
+            duplicates = [u for u, count in Counter(self.ids).items() if count > 1]
+            raise ScoringError(
+                f"{len(duplicates)} duplicate embedding id(s), e.g. {duplicates[:5]}"
+            )
+        object.__setattr__(self, "_index", index)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, wanted: Iterable[str]) -> np.ndarray:
+        """(m,) int64 row of each wanted id; an error lists up to 5 unknown ids.
+
+        >>> embedding_table(["a", "b"], np.eye(2)).rows(["b", "b", "a"]).tolist()
+        [1, 1, 0]
+        """
+        wanted = list(wanted)
+        rows = np.fromiter(
+            (self._index.get(u, -1) for u in wanted), dtype=np.int64, count=len(wanted)
+        )
+        if (rows < 0).any():
+            missing = list(dict.fromkeys(u for u, r in zip(wanted, rows, strict=True) if r < 0))
+            raise ScoringError(
+                f"{len(missing)} id(s) have no embedding, e.g. {missing[:5]}; embed them or "
+                f"fix the trial list"
+            )
+        return rows
+
+
+def embedding_table(ids: Sequence[str], embeddings: np.ndarray) -> EmbeddingTable:
+    """Index (n, E) ``embeddings`` by their (n,) utterance ids; ids must be unique."""
+    return EmbeddingTable(tuple(ids), embeddings)
+
+
+def _group_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row means of ``vectors`` per group id in ``[0, n_groups)``; every group is non-empty."""
+    order = np.argsort(groups, kind="stable")
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    sums = np.add.reduceat(vectors[order], starts, axis=0)
+    return sums / counts[:, None].astype(sums.dtype)
+
+
+def enroll_models(
+    ids: Sequence[str],
+    embeddings: np.ndarray,
+    enrollment_map: Mapping[str, Sequence[str]],
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Average each model's length-normalised utterance embeddings, then re-normalise.
+
+    Args:
+        ids: (n,) utterance ids of the rows of ``embeddings``.
+        embeddings: (n, E) raw utterance embeddings.
+        enrollment_map: model id -> its utterance ids (:func:`read_enrollment_map`).
+
+    Returns:
+        ``(model_ids, vectors)``: the map's model ids in order and (M, E) float32 unit vectors.
+
+    >>> embeddings = np.array([[2.0, 0.0], [0.0, 3.0]])
+    >>> models, vectors = enroll_models(["a", "b"], embeddings, {"m": ["a", "b"]})
+    >>> models, vectors.round(4)
+    (('m',), array([[0.7071, 0.7071]], dtype=float32))
+    """
+    table = embedding_table(ids, embeddings)
+    model_ids = tuple(enrollment_map)
+    if not model_ids:
+        raise ScoringError("the enrolment map lists no models")
+    utterances = [u for m in model_ids for u in enrollment_map[m]]
+    counts = np.array([len(enrollment_map[m]) for m in model_ids])
+    if (counts == 0).any():
+        empty = [m for m, c in zip(model_ids, counts, strict=True) if c == 0]
+        raise ScoringError(f"model(s) with no enrolment utterance: {empty[:5]}")
+    rows = table.rows(utterances)
+    normed = length_normalize(table.vectors[rows]).astype(np.float32, copy=False)
+    groups = np.repeat(np.arange(len(model_ids)), counts)
+    return model_ids, length_normalize(_group_means(normed, groups, len(model_ids)))
+
+
+def _pairs(pairs: np.ndarray, n: int, name: str) -> np.ndarray:
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 1 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ScoringError(f"{name} must be a 1-D integer array of row indices")
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
+        raise ScoringError(f"{name} has indices outside [0, {n})")
+    return pairs
+
+
+def cosine_scores(
+    enroll_vectors: np.ndarray,
+    test_vectors: np.ndarray,
+    pairs_e: np.ndarray,
+    pairs_t: np.ndarray,
+    *,
+    mean: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cosine score of each trial after centring (:func:`center_and_normalize`).
+
+    Args:
+        enroll_vectors: (N_e, E) enrolment embeddings or model vectors.
+        test_vectors: (N_t, E) test embeddings.
+        pairs_e, pairs_t: (n,) rows of the enrolment and test side of each trial.
+        mean: (E,) mean of the length-normalised training embeddings, or ``None``.
+
+    Returns:
+        (n,) float64 scores in [-1, 1], computed in float32 blocks.
+
+    >>> pairs_e, pairs_t = np.array([0, 1]), np.array([0, 0])
+    >>> cosine_scores(np.eye(2), np.array([[1.0, 1.0]]), pairs_e, pairs_t).round(4)
+    array([0.7071, 0.7071])
+    """
+    enroll = center_and_normalize(_matrix(enroll_vectors, "enroll_vectors"), mean=mean)
+    test = center_and_normalize(_matrix(test_vectors, "test_vectors"), mean=mean)
+    enroll = enroll.astype(np.float32, copy=False)
+    test = test.astype(np.float32, copy=False)
+    if enroll.shape[1] != test.shape[1]:
+        raise ScoringError(f"enrolment dim {enroll.shape[1]} != test dim {test.shape[1]}")
+    pairs_e = _pairs(pairs_e, len(enroll), "pairs_e")
+    pairs_t = _pairs(pairs_t, len(test), "pairs_t")
+    if pairs_e.shape != pairs_t.shape:
+        raise ScoringError(f"pairs_e {pairs_e.shape} and pairs_t {pairs_t.shape} differ")
+    scores = np.empty(pairs_e.size, dtype=np.float64)
+    chunk = max(1, _CHUNK_ELEMENTS // enroll.shape[1])
+    for start in range(0, pairs_e.size, chunk):
+        e = enroll[pairs_e[start : start + chunk]]
+        t = test[pairs_t[start : start + chunk]]
+        scores[start : start + chunk] = np.einsum("ij,ij->i", e, t)
+    return scores
+
+
+def speaker_cohort(
+    embeddings: np.ndarray, speakers: Sequence[str], *, mean: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-speaker cohort vectors: (n, E) embeddings -> (n_speakers, E) float32 unit vectors.
+
+    Each utterance is centred and normalised (:func:`center_and_normalize`), the vectors of
+    a speaker are averaged and the mean re-normalised. Rows follow the sorted speaker labels.
+
+    >>> speaker_cohort(np.array([[1.0, 0], [3.0, 1], [0, 2.0]]), ["b", "b", "a"]).round(3)
+    array([[0.   , 1.   ],
+           [0.987, 0.16 ]], dtype=float32)
+    """
+    embeddings = _matrix(embeddings, "embeddings")
+    if len(speakers) != embeddings.shape[0]:
+        raise ScoringError(f"{len(speakers)} speaker labels for {embeddings.shape[0]} embeddings")
+    labels, groups = np.unique(np.asarray(speakers, dtype=object).astype(str), return_inverse=True)
+    normed = center_and_normalize(embeddings, mean=mean).astype(np.float32, copy=False)
+    return length_normalize(_group_means(normed, groups.ravel(), len(labels)))
+
+
+def _top_stats(
+    vectors: np.ndarray, cohort: np.ndarray, top_n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof 0) of the ``top_n`` highest cohort scores of each row of ``vectors``."""
+    n_cohort = cohort.shape[0]
+    mu = np.empty(len(vectors), dtype=np.float64)
+    sd = np.empty(len(vectors), dtype=np.float64)
+    chunk = max(1, _CHUNK_ELEMENTS // n_cohort)
+    for start in range(0, len(vectors), chunk):
+        scores = vectors[start : start + chunk] @ cohort.T  # (chunk, n_cohort) float32
+        if top_n < n_cohort:
+            scores = np.partition(scores, n_cohort - top_n, axis=1)[:, n_cohort - top_n :]
+        top = scores.astype(np.float64)
+        mu[start : start + chunk] = top.mean(axis=1)
+        sd[start : start + chunk] = top.std(axis=1)
+    return mu, np.maximum(sd, np.finfo(np.float32).eps)
+
+
+def as_norm(
+    raw_scores: np.ndarray,
+    enroll_vectors: np.ndarray,
+    test_vectors: np.ndarray,
+    pairs_e: np.ndarray,
+    pairs_t: np.ndarray,
+    cohort: np.ndarray,
+    *,
+    top_n: int,
+    mean: np.ndarray | None = None,
+) -> np.ndarray:
+    """Adaptive s-norm: ``0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)`` per trial.
+
+    For every enrolment and test vector used by a trial (each once), cosine scores against
+    all cohort vectors come from one matrix product per side (in blocks); ``mu`` and ``sd``
+    are the mean and standard deviation (ddof 0) of its ``top_n`` highest cohort scores,
+    found with ``np.partition``. ``top_n`` above the cohort size is clipped to it. When
+    ``enroll_vectors is test_vectors`` (one utterance table for both sides) the statistics
+    of an utterance used on both sides are computed once.
+
+    Args:
+        raw_scores: (n,) cosine scores from :func:`cosine_scores` with the same ``mean``.
+        enroll_vectors, test_vectors, pairs_e, pairs_t, mean: as for :func:`cosine_scores`.
+        cohort: (C, E) cohort vectors from :func:`speaker_cohort` (already centred).
+        top_n: number of closest cohort vectors per side (METHOD.md: 600).
+
+    Returns:
+        (n,) float64 normalised scores.
+
+    >>> rng = np.random.default_rng(0)
+    >>> vectors, cohort = rng.normal(size=(3, 8)), rng.normal(size=(5, 8))
+    >>> pairs_e, pairs_t = np.array([0, 1]), np.array([2, 2])
+    >>> raw = cosine_scores(vectors, vectors, pairs_e, pairs_t)
+    >>> as_norm(raw, vectors, vectors, pairs_e, pairs_t, length_normalize(cohort), top_n=3).shape
+    (2,)
+    """
+    raw_scores = np.asarray(raw_scores, dtype=np.float64)
+    cohort = _matrix(cohort, "cohort").astype(np.float32, copy=False)
+    if top_n < 2 or cohort.shape[0] < 2:
+        raise ScoringError(
+            f"AS-norm needs top_n >= 2 and a cohort of >= 2 vectors, got top_n={top_n} "
+            f"and {cohort.shape[0]} cohort vector(s)"
+        )
+    top_n = min(top_n, cohort.shape[0])
+    same_table = enroll_vectors is test_vectors
+    enroll_vectors = _matrix(enroll_vectors, "enroll_vectors")
+    test_vectors = enroll_vectors if same_table else _matrix(test_vectors, "test_vectors")
+    pairs_e = _pairs(pairs_e, len(enroll_vectors), "pairs_e")
+    pairs_t = _pairs(pairs_t, len(test_vectors), "pairs_t")
+    if not raw_scores.shape == pairs_e.shape == pairs_t.shape:
+        raise ScoringError(
+            f"raw_scores {raw_scores.shape}, pairs_e {pairs_e.shape} and pairs_t "
+            f"{pairs_t.shape} must have the same length"
+        )
+    for vectors in (enroll_vectors, test_vectors):
+        if vectors.shape[1] != cohort.shape[1]:
+            raise ScoringError(f"vector dim {vectors.shape[1]} != cohort dim {cohort.shape[1]}")
+
+    def stats(vectors: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mu, sd) of the used rows, and each trial's position among them."""
+        rows, position = np.unique(used, return_inverse=True)
+        prepared = center_and_normalize(vectors[rows], mean=mean).astype(np.float32, copy=False)
+        mu, sd = _top_stats(prepared, cohort, top_n)
+        return mu, sd, position.ravel()
+
+    if same_table:
+        mu, sd, position = stats(enroll_vectors, np.concatenate([pairs_e, pairs_t]))
+        mu_e, sd_e, pos_e = mu, sd, position[: pairs_e.size]
+        mu_t, sd_t, pos_t = mu, sd, position[pairs_e.size :]
+    else:
+        mu_e, sd_e, pos_e = stats(enroll_vectors, pairs_e)
+        mu_t, sd_t, pos_t = stats(test_vectors, pairs_t)
+    return 0.5 * (
+        (raw_scores - mu_e[pos_e]) / sd_e[pos_e] + (raw_scores - mu_t[pos_t]) / sd_t[pos_t]
+    )
