@@ -15,9 +15,9 @@ TINY_ENCODER = {
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
     "intermediate_size": 64,
-    "conv_dim": (32, 32),
-    "conv_stride": (5, 4),
-    "conv_kernel": (10, 8),
+    "conv_dim": (32, 32, 32, 32),
+    "conv_stride": (5, 4, 4, 4),  # 320x down-sampling, 50 frames per second, as the real ones
+    "conv_kernel": (10, 4, 4, 4),
     "num_conv_pos_embeddings": 8,
     "num_conv_pos_embedding_groups": 2,
 }

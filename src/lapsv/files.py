@@ -10,6 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(*, directory: bool = False) -> int:
+    """Permissions of a new file or folder under the process umask (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _fsync_directory(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem supports fsync on directories
         fd = os.open(path, os.O_RDONLY)
@@ -39,6 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
         _fsync_directory(path.parent)
     finally:
@@ -62,6 +70,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         for child in tmp.iterdir():
             with open(child, "rb+") as handle:
                 os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode(directory=True))
         backup = None
         if path.exists():
             backup = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -60,7 +60,7 @@ def _validated(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
         bad = int(np.count_nonzero(~np.isfinite(scores)))
         raise ScoringError(f"{bad} score(s) are NaN or infinite; score every trial first")
     if labels.dtype != np.bool_:
-        if not np.isin(labels, (0, 1)).all():
+        if labels.size and not ((labels == 0) | (labels == 1)).all():
             raise ScoringError("labels must be 1 (target) or 0 (non-target)")
         labels = labels.astype(bool)
     n_target = int(np.count_nonzero(labels))
@@ -73,20 +73,38 @@ def _validated(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _det(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The DET curve of validated inputs, from a single sort."""
-    order = np.argsort(scores)
-    sorted_scores = scores[order]
-    sorted_labels = labels[order]
-    n_target = int(np.count_nonzero(sorted_labels))
-    n_nontarget = sorted_labels.size - n_target
-    # first position of each distinct score value: trials below it are rejected
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    targets_below = np.r_[0, np.cumsum(sorted_labels, dtype=np.int64)][starts]
-    nontargets_below = starts - targets_below
-    p_miss = np.r_[targets_below, n_target] / n_target
-    p_fa = (n_nontarget - np.r_[nontargets_below, n_nontarget]) / n_nontarget
-    reject_all = np.nextafter(sorted_scores[-1], np.inf)
-    thresholds = np.r_[sorted_scores[starts], reject_all]
+    """The DET curve of validated inputs, from one sort (of each class, then a merge)."""
+    # np.sort is several times faster than np.argsort; merging the two sorted classes with
+    # searchsorted gives the sorted scores together with their labels.
+    target = np.sort(scores[labels])
+    nontarget = np.sort(scores[~labels])
+    n_target, n_nontarget = target.size, nontarget.size
+    n = n_target + n_nontarget
+    target_at = np.searchsorted(nontarget, target) + np.arange(n_target)
+    is_target = np.zeros(n, dtype=bool)
+    is_target[target_at] = True
+    sorted_scores = np.empty(n, dtype=np.float64)
+    sorted_scores[target_at] = target
+    sorted_scores[~is_target] = nontarget
+    # targets strictly below sorted position i: targets_below[i], for i in 0..n
+    targets_below = np.empty(n + 1, dtype=np.int64)
+    targets_below[0] = 0
+    np.cumsum(is_target, out=targets_below[1:])
+    # point k rejects the trials below the k-th distinct score value; the last rejects all
+    is_new = np.empty(n, dtype=bool)
+    is_new[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=is_new[1:])
+    if is_new.all():  # no ties: every position starts a new value
+        rejected = np.arange(n + 1)
+        thresholds = np.append(sorted_scores, np.nextafter(sorted_scores[-1], np.inf))
+    else:
+        rejected = np.append(np.flatnonzero(is_new), n)
+        thresholds = np.append(
+            sorted_scores[rejected[:-1]], np.nextafter(sorted_scores[-1], np.inf)
+        )
+        targets_below = targets_below[rejected]
+    p_miss = targets_below / n_target
+    p_fa = (n_nontarget - (rejected - targets_below)) / n_nontarget
     return p_miss, p_fa, thresholds
 
 
