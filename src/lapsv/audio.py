@@ -23,6 +23,19 @@ MIN_SECONDS = 0.3
 SILENCE_PEAK = 1e-4  # -80 dBFS
 
 
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the file header, without decoding the audio."""
+    source = str(path)
+    if not Path(path).is_file():
+        raise AudioError(source, "no such file")
+    try:
+        return float(soundfile.info(source).duration)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioError(
+            source, f"cannot decode audio ({error}); is it a wav/flac/ogg file?"
+        ) from error
+
+
 def load_audio(
     path: str | Path,
     *,

@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lapsv import __version__
-from lapsv.audio import load_audio
-from lapsv.errors import AudioError, LapsvError
-from lapsv.files import atomic_path
+from lapsv.errors import LapsvError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au"}
 
@@ -43,7 +41,7 @@ def expand_audio_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from lapsv.inference import embed_waveforms
+    from lapsv.inference import extract_embeddings
     from lapsv.loading import load_model
 
     model = load_model(args.model, device=args.device)
@@ -51,30 +49,100 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not items:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
-    ids, waveforms, failures = [], [], []
-    for utt, path in _progress(items, "reading"):
-        try:
-            waveforms.append(load_audio(path, sample_rate=model.sample_rate))
-            ids.append(utt)
-        except AudioError as error:
-            failures.append((path, error.reason))
-    embeddings = (
-        embed_waveforms(model, waveforms, batch_size=args.batch_size, device=args.device)
-        if waveforms
-        else np.zeros((0, model.embed_dim), dtype=np.float32)
+    result = extract_embeddings(
+        model, items, batch_size=args.batch_size, device=args.device, progress=len(items) >= 20
     )
     out = Path(args.out)
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, ids=np.array(ids, dtype=str), embeddings=embeddings)
-    total_seconds = sum(len(w) for w in waveforms) / model.sample_rate
+    result.save(out, model_id=str(args.model))
     print(
-        f"embedded {len(ids)} of {len(items)} files ({total_seconds:.1f} s of audio) with "
-        f"{args.model}: {embeddings.shape[1]}-d embeddings -> {out}"
+        f"embedded {len(result.ids)} of {len(items)} files ({result.seconds.sum():.1f} s of "
+        f"audio) with {args.model}: {model.embed_dim}-d embeddings -> {out}"
     )
-    for utt, vector in zip(ids[: args.show], embeddings[: args.show], strict=False):
+    for utt, vector in zip(result.ids[: args.show], result.embeddings[: args.show], strict=False):
         preview = " ".join(f"{v:+.3f}" for v in vector[:6])
         print(f"  {utt}  |e|={np.linalg.norm(vector):.3f}  [{preview} ...]")
-    return _report_failures(failures)
+    return _report_failures(result.failures)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lapsv.evaluate import evaluate, format_metrics
+
+    result = evaluate(
+        args.model,
+        args.trials,
+        args.audio_root,
+        out=args.out,
+        cohort=args.cohort,
+        norm=args.norm,
+        calibrate=args.calibrate,
+        top_n=args.top_n,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=True,
+    )
+    reuse = (
+        "reused cached embeddings"
+        if result.newly_embedded == 0
+        else (f"embedded {result.newly_embedded} utterances")
+    )
+    print(f"{len(result.trials)} trials, {reuse}; results in {result.out_dir}")
+    if result.skipped_trials:
+        print(f"skipped {result.skipped_trials} trials whose audio could not be embedded")
+    if "eer" in result.metrics:
+        label = f"{Path(str(args.model)).name} ({args.norm}" + (
+            ", qmf)" if args.calibrate == "qmf" else ")"
+        )
+        print(format_metrics({label: result.metrics}))
+    for kind, path in result.files.items():
+        print(f"  {kind}: {path}")
+    return _report_failures(result.failures)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from lapsv.scoring.metrics import compute_metrics
+
+    if args.scores:
+        from lapsv.scoring.trials import read_scores
+
+        trials, scores = read_scores(args.scores)
+    else:
+        if not (args.embeddings and args.trials):
+            print(
+                "error: give --scores FILE, or --embeddings FILE.npz --trials FILE", file=sys.stderr
+            )
+            return 2
+        trials, scores = _score_embeddings(args)
+    if trials.labels is None:
+        print("error: the trials carry no labels: nothing to measure", file=sys.stderr)
+        return 2
+    metrics = compute_metrics(scores, trials.labels, calibrated=args.calibrated)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _score_embeddings(args: argparse.Namespace):
+    from lapsv.inference import EmbeddingSet
+    from lapsv.scoring.norm import cosine_scores, embedding_mean, embedding_table, enroll_models
+    from lapsv.scoring.trials import read_enrollment_map, read_trials, write_scores
+
+    embeddings, _ = EmbeddingSet.load(args.embeddings)
+    trials = read_trials(args.trials)
+    enroll_ids, enroll_vectors = list(embeddings.ids), embeddings.embeddings
+    if args.enroll:
+        enroll_ids, enroll_vectors = enroll_models(
+            embeddings.ids, embeddings.embeddings, read_enrollment_map(args.enroll)
+        )
+    mean = None
+    if args.mean_from:
+        mean = embedding_mean(EmbeddingSet.load(args.mean_from)[0].embeddings)
+    pairs_e = embedding_table(enroll_ids, enroll_vectors).rows(trials.enroll)
+    pairs_t = embedding_table(embeddings.ids, embeddings.embeddings).rows(trials.test)
+    scores = cosine_scores(enroll_vectors, embeddings.embeddings, pairs_e, pairs_t, mean=mean)
+    if args.out:
+        write_scores(args.out, trials, scores)
+    return trials, scores
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -146,6 +214,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    evaluation = verbs.add_parser(
+        "eval", help="evaluate a model on a trial list (EER, minDCF, DET plot, score file)"
+    )
+    evaluation.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    evaluation.add_argument("--trials", required=True, help="VoxCeleb, Kaldi or CSV trial list")
+    evaluation.add_argument(
+        "--audio_root",
+        "--audio-root",
+        dest="audio_root",
+        required=True,
+        help="folder the trial list's paths are relative to",
+    )
+    evaluation.add_argument(
+        "--cohort", help="manifest of training utterances: mean subtraction, AS-norm, QMF"
+    )
+    evaluation.add_argument("--norm", choices=["none", "asnorm"], default="none")
+    evaluation.add_argument("--calibrate", choices=["none", "qmf"], default="none")
+    evaluation.add_argument("--top_n", "--top-n", dest="top_n", type=int, default=600)
+    evaluation.add_argument("--out", default="results", help="results folder")
+    evaluation.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
+    evaluation.add_argument("--device", default="cpu")
+    evaluation.set_defaults(func=cmd_eval)
+
+    score = verbs.add_parser(
+        "score", help="metrics of a score file, or scores from cached embeddings"
+    )
+    score.add_argument("--scores", help="lines 'enroll test score label'")
+    score.add_argument("--embeddings", help=".npz written by lapsv embed / eval")
+    score.add_argument("--trials", help="trial list to score with --embeddings")
+    score.add_argument("--enroll", help="Kaldi spk2utt file: enrol models from several utterances")
+    score.add_argument(
+        "--mean_from",
+        "--mean-from",
+        dest="mean_from",
+        help=".npz whose mean embedding is subtracted",
+    )
+    score.add_argument("--out", help="write the scores computed from --embeddings here")
+    score.add_argument("--calibrated", action="store_true", help="scores are LLRs: add Cllr")
+    score.set_defaults(func=cmd_score)
 
     info = verbs.add_parser("info", help="describe a model: sizes, parameters, config")
     info.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import soundfile
 import torch
 from tqdm import tqdm
 
-from lapsv.audio import load_audio, pad_batch
+from lapsv.audio import audio_duration, load_audio, pad_batch
 from lapsv.errors import AudioError
 from lapsv.files import atomic_path
 
@@ -108,9 +107,9 @@ def extract_embeddings(
     failures: list[tuple[str, str]] = []
     for utt, path in items:
         try:
-            durations.append((soundfile.info(str(path)).duration, utt, path))
-        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-            failures.append((utt, f"{path}: cannot read ({error})"))
+            durations.append((audio_duration(path), utt, path))
+        except AudioError as error:
+            failures.append((utt, error.reason))
     durations.sort(key=lambda item: -item[0])
     ids, vectors, seconds = [], [], []
     batches = range(0, len(durations), batch_size)
@@ -121,7 +120,7 @@ def extract_embeddings(
                 waves.append(load_audio(path, sample_rate=model.sample_rate))
                 batch_ids.append(utt)
             except AudioError as error:
-                failures.append((utt, str(error)))
+                failures.append((utt, error.reason))
         if waves:
             vectors.append(embed_waveforms(model, waves, batch_size=batch_size, device=device))
             ids.extend(batch_ids)

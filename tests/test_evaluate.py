@@ -1,0 +1,106 @@
+"""`lapsv eval` / `lapsv score`: cached embeddings, AS-norm, QMF, files a user reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lapsv import SpeakerModel
+from lapsv.cli import main
+from lapsv.config import ModelConfig
+from lapsv.errors import ConfigError
+from lapsv.evaluate import QMF_FILE, SCORING_FILE, evaluate
+from synthetic import make_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-corpus")
+    return make_corpus(root, speakers=8, utterances=5, val_speakers=4)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return SpeakerModel.build(ModelConfig()).save(tmp_path_factory.mktemp("m") / "model")
+
+
+def test_second_run_reuses_cached_embeddings_and_prints_the_same(tmp_path, corpus, capsys):
+    args = ["eval", "ge2e", "--trials", str(corpus["val_trials"])]
+    args += ["--audio_root", str(corpus["audio"]), "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "embedded 20 utterances" in first
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "reused cached embeddings" in second
+    table = lambda text: text[text.index("system") :]  # noqa: E731
+    assert table(first) == table(second)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"eer", "min_dcf_0.01", "min_dcf_0.05", "n_target", "n_nontarget"} <= set(metrics)
+    assert (tmp_path / "det.png").stat().st_size > 10_000
+    lines = (tmp_path / "scores.txt").read_text().splitlines()
+    assert len(lines) == metrics["n_target"] + metrics["n_nontarget"] == 190
+    assert len(lines[0].split()) == 4
+
+
+def test_asnorm_and_qmf_write_calibration_beside_the_model(tmp_path, corpus, model_dir):
+    result = evaluate(
+        model_dir,
+        corpus["val_trials"],
+        corpus["audio"],
+        out=tmp_path,
+        cohort=corpus["train"],
+        norm="asnorm",
+        calibrate="qmf",
+        top_n=5,
+        calibration_pairs=400,
+    )
+    assert {"cllr", "act_dcf_0.01"} <= set(result.metrics)
+    assert result.metrics["mean_subtraction"]
+    assert (model_dir / QMF_FILE).is_file()
+    state = np.load(model_dir / SCORING_FILE)
+    assert state["cohort"].shape == (8, 192)
+    assert int(state["top_n"]) == 5
+
+
+def test_norm_without_cohort_is_a_clear_error(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="need a cohort"):
+        evaluate("ge2e", corpus["val_trials"], corpus["audio"], out=tmp_path, norm="asnorm")
+
+
+def test_score_file_metrics_as_json(tmp_path, capsys):
+    path = tmp_path / "scores.txt"
+    path.write_text("a b 0.9 target\na c 0.1 nontarget\nb c 0.3 nontarget\nc d 0.8 1\n")
+    assert main(["score", "--scores", str(path)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["eer"] == 0.0
+    assert (metrics["n_target"], metrics["n_nontarget"]) == (2, 2)
+
+
+def test_score_cached_embeddings_with_multi_utterance_enrolment(tmp_path, corpus, capsys):
+    emb = tmp_path / "emb.npz"
+    assert main(["embed", "ge2e", str(corpus["audio"]), "--out", str(emb)]) == 0
+    capsys.readouterr()
+    ids = [str(i) for i in np.load(emb)["ids"]]
+    spk = {i: i.split("/")[1] for i in ids}
+    enroll = tmp_path / "spk2utt"
+    speakers = sorted(set(spk.values()))
+    enroll.write_text(
+        "".join(f"{s} " + " ".join(i for i in ids if spk[i] == s)[:1000] + "\n" for s in speakers)
+    )
+    trials = tmp_path / "trials.txt"
+    first_of = {s: next(i for i in ids if spk[i] == s) for s in speakers}
+    lines = [
+        f"{s} {first_of[t]} {'target' if s == t else 'nontarget'}"
+        for s in speakers
+        for t in speakers
+    ]
+    trials.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.txt"
+    args = ["score", "--embeddings", str(emb), "--trials", str(trials), "--enroll", str(enroll)]
+    assert main([*args, "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_target"] == len(speakers)
+    assert len(out.read_text().splitlines()) == len(speakers) ** 2
