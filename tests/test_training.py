@@ -156,3 +156,44 @@ def test_balanced_sampler_draws_speakers_uniformly():
     drawn = [speakers[i] for i in sampler]
     assert len(drawn) == 100
     assert 35 <= drawn.count("b") <= 65
+
+
+def test_prepare_a_voxceleb_shaped_tree(tmp_path):
+    import numpy as np
+
+    from lapsv.cli import main
+
+    rng = np.random.default_rng(0)
+    for s in range(6):
+        for video in ("abc", "xyz"):
+            for n in range(2):
+                path = tmp_path / "vox" / f"id1000{s}" / video / f"0000{n}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, rng.normal(0, 0.1, 16000).astype("float32"), 16000)
+    (tmp_path / "vox" / "veri_test2.txt").write_text(
+        "1 id10000/abc/00000.wav id10000/xyz/00001.wav\n"
+    )
+    out = tmp_path / "prepared"
+    assert (
+        main(
+            [
+                "data",
+                "prepare-voxceleb",
+                str(tmp_path / "vox"),
+                "--out",
+                str(out),
+                "--val_speakers",
+                "2",
+            ]
+        )
+        == 0
+    )
+    train_set, val_set = read_manifest(out / "train.tsv"), read_manifest(out / "val.tsv")
+    assert (len(train_set.speakers), len(val_set.speakers)) == (4, 2)
+    assert not set(train_set.speakers) & set(val_set.speakers)
+    assert len(train_set) == 16
+    assert train_set.audio_path(train_set.utterances[0]).is_file()
+    trials = (out / "trials" / "val.txt").read_text().split("\n")[:-1]
+    labels = [line.split()[0] for line in trials]
+    assert labels.count("1") == 12 and labels.count("0") == 12  # all target pairs, balanced
+    assert (out / "trials" / "veri_test2.txt").is_file()

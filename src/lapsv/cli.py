@@ -173,6 +173,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lapsv.demo import run_demo
+
+    result = run_demo(args.out, budget_minutes=args.budget_minutes, overrides=args.set or [])
+    print(f"done in {result.seconds / 60:.1f} min; open {result.report}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_verb == "demo-corpus":
+        from lapsv.data.demo_corpus import build_demo_corpus
+
+        summary = build_demo_corpus(Path(args.out), cache=args.cache and Path(args.cache))
+        print(summary.format_table())
+    elif args.data_verb == "demo-noise":
+        from lapsv.data.demo_noise import build_demo_noise
+
+        speech = Path(args.speech_manifest) if args.speech_manifest else None
+        cache = Path(args.cache) if args.cache else None
+        info = build_demo_noise(Path(args.out), speech_manifest=speech, cache=cache)
+        for name, value in info.items():
+            print(f"{name}: {value}")
+    else:
+        from lapsv.data.prepare import prepare_corpus
+
+        summary = prepare_corpus(
+            Path(args.source),
+            Path(args.out),
+            layout=args.data_verb.removeprefix("prepare-"),
+            val_speakers=args.val_speakers,
+            seed=args.seed,
+        )
+        print(summary)
+    return 0
+
+
 def _report_failures(failures: Sequence[tuple[str, str]]) -> int:
     if not failures:
         return 0
@@ -254,6 +290,52 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="write the scores computed from --embeddings here")
     score.add_argument("--calibrated", action="store_true", help="scores are LLRs: add Cllr")
     score.set_defaults(func=cmd_score)
+
+    demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
+    demo.add_argument("--out", default="lapsv-demo", help="output folder")
+    demo.add_argument(
+        "--budget_minutes", "--budget-minutes", dest="budget_minutes", type=float, default=20.0
+    )
+    demo.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a value of the demo recipe (repeatable)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    data = verbs.add_parser("data", help="build or prepare data: manifests, corpora, noise")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
+    corpus = data_verbs.add_parser("demo-corpus", help="real-speech corpus from Debian packages")
+    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--cache", help="folder for downloaded packages")
+    noise = data_verbs.add_parser("demo-noise", help="MUSAN/RIRS_NOISES-style folders, offline")
+    noise.add_argument("--out", required=True)
+    noise.add_argument(
+        "--speech_manifest",
+        "--speech-manifest",
+        dest="speech_manifest",
+        help="training manifest for babble",
+    )
+    noise.add_argument("--cache", help="folder for downloaded packages")
+    for layout, what in [
+        ("folder", "a folder of speaker sub-folders"),
+        ("kaldi", "a Kaldi data dir (wav.scp + utt2spk)"),
+        ("voxceleb", "a VoxCeleb1/2 tree (id*/video/*.wav or .m4a)"),
+    ]:
+        prepare = data_verbs.add_parser(f"prepare-{layout}", help=f"manifests from {what}")
+        prepare.add_argument("source", help=what)
+        prepare.add_argument("--out", required=True, help="where manifests and trials go")
+        prepare.add_argument(
+            "--val_speakers",
+            "--val-speakers",
+            dest="val_speakers",
+            type=int,
+            default=20,
+            help="held-out training speakers",
+        )
+        prepare.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=cmd_data)
 
     info = verbs.add_parser("info", help="describe a model: sizes, parameters, config")
     info.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
