@@ -104,3 +104,27 @@ def test_score_cached_embeddings_with_multi_utterance_enrolment(tmp_path, corpus
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_target"] == len(speakers)
     assert len(out.read_text().splitlines()) == len(speakers) ** 2
+
+
+def test_verify_uses_the_calibrated_threshold_after_qmf(tmp_path, corpus, model_dir, capsys):
+    evaluate(
+        model_dir,
+        corpus["val_trials"],
+        corpus["audio"],
+        out=tmp_path,
+        cohort=corpus["train"],
+        norm="asnorm",
+        calibrate="qmf",
+        top_n=5,
+        calibration_pairs=400,
+    )
+    a, b = sorted(corpus["audio"].glob("spk08/*.flac"))[:2]
+    assert main(["verify", str(model_dir), str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "cosine (mean-subtracted):" in out
+    assert "calibrated LLR:" in out
+    assert "threshold +0.0000 from QMF calibration (LLR 0)" in out
+    from lapsv.verification import Verifier
+
+    result = Verifier(model_dir).verify_files(a, b)
+    assert result.same == (result.llr >= 0)

@@ -173,6 +173,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lapsv.verification import Verifier
+
+    verifier = Verifier(args.model, device=args.device)
+    result = verifier.verify_files(args.a, args.b, threshold=args.threshold)
+    kind = "cosine (mean-subtracted)" if verifier.mean is not None else "cosine"
+    print(f"{kind}: {result.cosine:.4f}")
+    if result.asnorm is not None:
+        print(f"AS-norm: {result.asnorm:.4f}")
+    if result.llr is not None:
+        print(f"calibrated LLR: {result.llr:+.3f}")
+    if result.same is None:
+        print(
+            "decision: none (no threshold: pass --threshold, or calibrate the model with "
+            "`lapsv eval MODEL ... --cohort TRAIN.tsv --calibrate qmf`)"
+        )
+        return 0
+    verdict = "SAME speaker" if result.same else "DIFFERENT speakers"
+    print(
+        f"decision: {verdict} (score {result.decision_score:+.4f} vs threshold "
+        f"{result.threshold:+.4f} from {result.threshold_source})"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lapsv.demo import run_demo
 
@@ -290,6 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="write the scores computed from --embeddings here")
     score.add_argument("--calibrated", action="store_true", help="scores are LLRs: add Cllr")
     score.set_defaults(func=cmd_score)
+
+    verify = verbs.add_parser("verify", help="are two recordings the same speaker?")
+    verify.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    verify.add_argument("a", help="first audio file")
+    verify.add_argument("b", help="second audio file")
+    verify.add_argument(
+        "--threshold", type=float, help="decision threshold (default: LLR 0 if calibrated)"
+    )
+    verify.add_argument("--device", default="cpu")
+    verify.set_defaults(func=cmd_verify)
 
     demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
     demo.add_argument("--out", default="lapsv-demo", help="output folder")
