@@ -68,3 +68,15 @@ def test_info_on_a_saved_model(tmp_path, capsys):
     assert n_backend == 923_872  # LAP+ASTP on GE2E's 3 layers of 256
     assert f"backend parameters: {n_backend:,}" in out
     assert "aggregation: lap" in out
+
+
+def test_inspect_plots_lap_layer_scores(tmp_path, clips, capsys):
+    from lapsv import SpeakerModel
+    from lapsv.config import ModelConfig
+
+    model_dir = SpeakerModel.build(ModelConfig()).save(tmp_path / "m")
+    plot = tmp_path / "layers.png"
+    assert main(["inspect", str(model_dir), str(clips["speaker_a_1"]), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "lap layer weights: 16 head(s) x 351 frames x 3 layers" in out
+    assert plot.stat().st_size > 20_000

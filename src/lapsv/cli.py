@@ -198,6 +198,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lapsv.audio import load_audio
+    from lapsv.inspection import dominant_layers, layer_weights, plot_layer_weights
+    from lapsv.loading import load_model
+    from lapsv.model import SpeakerModel
+
+    model = load_model(args.model)
+    if not isinstance(model, SpeakerModel):
+        print(f"error: {args.model} has no layer aggregation to inspect", file=sys.stderr)
+        return 2
+    weights = layer_weights(model, load_audio(args.audio, sample_rate=model.sample_rate))
+    heads, frames, layers = weights.shape
+    aggregation = model.config.backend.aggregation
+    print(f"{aggregation} layer weights: {heads} head(s) x {frames} frames x {layers} layers")
+    for layer, score in dominant_layers([weights], top=min(3, layers)):
+        print(f"  layer {layer:2d}: mean weight {score:.3f}")
+    if args.plot:
+        plot_layer_weights(weights, args.plot, title=f"{aggregation} layer weights")
+        print(f"plot -> {args.plot}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lapsv.demo import run_demo
 
@@ -325,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--device", default="cpu")
     verify.set_defaults(func=cmd_verify)
+
+    inspect = verbs.add_parser("inspect", help="which layers the model uses over time")
+    inspect.add_argument("model", help="model directory or hub id")
+    inspect.add_argument("audio", help="an audio file")
+    inspect.add_argument("--plot", help="write a heat map PNG here")
+    inspect.set_defaults(func=cmd_inspect)
 
     demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
     demo.add_argument("--out", default="lapsv-demo", help="output folder")
