@@ -197,3 +197,32 @@ def test_prepare_a_voxceleb_shaped_tree(tmp_path):
     labels = [line.split()[0] for line in trials]
     assert labels.count("1") == 12 and labels.count("0") == 12  # all target pairs, balanced
     assert (out / "trials" / "veri_test2.txt").is_file()
+
+
+def test_cached_frontend_views_train_every_backend(tmp_path, corpus):
+    config = stage_config(corpus, optim=OptimConfig(epochs=3, batch_size=12))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cached_views=2))
+    outputs = train(config, tmp_path, progress=False)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert len(rows) == 6
+    assert {r["system"] for r in rows} == {"lap_astp", "superb_astp"}
+    assert lapsv.load_model(outputs["superb_astp"]).embed_dim == 16
+
+
+def test_feature_cache_views_are_distinct_and_reused(corpus):
+    from lapsv import GE2EFrontend
+    from lapsv.training.feature_cache import FrozenFeatureCache
+
+    manifest = read_manifest(corpus["train"])
+    dataset = CropDataset(manifest, CropConfig(seconds=0.5, speed_factors=(1.0, 0.9, 1.1)))
+    cache = FrozenFeatureCache(
+        GE2EFrontend(), dataset, views=2, batch_size=6, device="cpu", progress=False
+    )
+    first = [b[0] for b in cache.batches(0)]
+    assert len(first) == len(dataset) // 6
+    assert first[0].shape == (6, 3, 51, 256)
+    assert len(cache.store) == 1
+    list(cache.batches(1))
+    list(cache.batches(2))  # view 0 again: nothing new computed
+    assert len(cache.store) == 2
+    assert not torch.equal(cache.store[0][0], cache.store[1][0])

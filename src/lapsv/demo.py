@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from lapsv.audio import load_audio
-from lapsv.data.manifest import read_manifest
-from lapsv.evaluate import evaluate, format_metrics
+from lapsv.data.manifest import read_manifest, write_manifest
+from lapsv.evaluate import format_metrics, score_trials
 from lapsv.files import atomic_write_text
+from lapsv.inference import extract_embeddings
+from lapsv.scoring.trials import read_trials
 from lapsv.training import load_recipe, train
 
 SYSTEMS = {
@@ -66,6 +68,10 @@ def run_demo(
     summary = build_demo_corpus(out / "corpus", cache=cache, progress=log)
     log(summary.format_table())
     corpus = out / "corpus"
+    cohort = corpus / "cohort.tsv"
+    if not cohort.exists():  # training utterances for mean subtraction, AS-norm and QMF
+        train_set = read_manifest(corpus / "train.tsv")
+        write_manifest(cohort, train_set.sample_per_speaker(15).utterances, root=train_set.root)
     log("[2/5] noise, music, babble and simulated room impulse responses")
     build_demo_noise(out / "noise", speech_manifest=corpus / "train.tsv", cache=cache)
 
@@ -83,38 +89,7 @@ def run_demo(
     log(f"      stage 1 done after {stage1_minutes:.1f} min in all")
 
     log("[4/5] evaluation on unseen test speakers")
-    trials, audio = corpus / "trials" / "test.txt", corpus / "audio"
-    cohort = corpus / "train.tsv"
-    results: dict[str, dict[str, Any]] = {}
-    candidates = {**{name: models[name] for name in SYSTEMS}, "ge2e": "ge2e"}
-    labels = {**SYSTEMS, "ge2e": "GE2E's own embedding"}
-    det_systems = {}
-    for name, model in candidates.items():
-        for mean_subtraction in (False, True):
-            key = f"{labels[name]}" + (" + mean sub." if mean_subtraction else "")
-            result = evaluate(
-                model,
-                trials,
-                audio,
-                out=out / "eval" / (name + ("_mean" if mean_subtraction else "")),
-                cohort=cohort if mean_subtraction else None,
-                title=key,
-            )
-            results[key] = result.metrics
-            if mean_subtraction:
-                det_systems[labels[name]] = (result.scores, result.trials.labels)
-    calibrated = evaluate(
-        models["lap_astp"],
-        trials,
-        audio,
-        out=out / "eval" / "lap_astp_asnorm_qmf",
-        cohort=cohort,
-        norm="asnorm",
-        calibrate="qmf",
-        top_n=100,
-        title="LAP + ASTP + QMF",
-    )
-    results["LAP + ASTP + AS-norm + QMF"] = calibrated.metrics
+    results, det_systems = evaluate_systems(models, corpus, out / "eval", log=log)
     log(format_metrics(results))
 
     log("[5/5] plots and report")
@@ -127,6 +102,78 @@ def run_demo(
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     log(f"report: {report}  ({seconds / 60:.1f} min)")
     return DemoResult(report, results, seconds)
+
+
+def evaluate_systems(
+    models: dict[str, Path], corpus: Path, out: Path, *, log: Callable[[str], None] = print
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every system with and without mean subtraction, and LAP + AS-norm + QMF.
+
+    The trained systems share the frozen GE2E frontend, so one pass over the test and
+    cohort audio embeds them all; GE2E's own embedding is a separate pass.
+    """
+    from lapsv.inference import SharedFrontendModel
+    from lapsv.loading import load_model
+
+    trials = read_trials(corpus / "trials" / "test.txt")
+    audio = corpus / "audio"
+    test_items = [(u, audio / u) for u in sorted(set(trials.enroll) | set(trials.test))]
+    cohort_manifest = read_manifest(corpus / "cohort.tsv")
+    cohort_items = [(u.utt, cohort_manifest.audio_path(u)) for u in cohort_manifest]
+    speaker_of = {u.utt: u.speaker for u in cohort_manifest}
+
+    loaded = {name: load_model(models[name]) for name in SYSTEMS}
+    shared = SharedFrontendModel(
+        loaded["lap_astp"].frontend, {name: m.backend for name, m in loaded.items()}
+    )
+    embedded = {
+        "test": extract_embeddings(shared, test_items, progress=True),
+        "cohort": extract_embeddings(shared, cohort_items, progress=True),
+    }
+    ge2e = load_model("ge2e")
+    own = {
+        part: extract_embeddings(ge2e, items, progress=True)
+        for part, items in (("test", test_items), ("cohort", cohort_items))
+    }
+    sets = {
+        name: {part: embedded[part].columns(span) for part in embedded}
+        for name, span in shared.columns().items()
+    }
+    sets["ge2e"] = own
+    labels = {**SYSTEMS, "ge2e": "GE2E's own embedding"}
+    results: dict[str, dict[str, Any]] = {}
+    det_systems = {}
+    for name, parts in sets.items():
+        speakers = [speaker_of[u] for u in parts["cohort"].ids]
+        for mean_subtraction in (False, True):
+            key = labels[name] + (" + mean sub." if mean_subtraction else "")
+            result = score_trials(
+                parts["test"],
+                trials,
+                out=out / (name + ("_mean" if mean_subtraction else "")),
+                cohort_set=parts["cohort"] if mean_subtraction else None,
+                cohort_speakers=speakers if mean_subtraction else None,
+                title=key,
+            )
+            results[key] = result.metrics
+            if mean_subtraction:
+                det_systems[labels[name]] = (result.scores, result.trials.labels)
+        log(f"      {labels[name]}: EER {results[key]['eer']:.2f} %")
+    lap = sets["lap_astp"]
+    calibrated = score_trials(
+        lap["test"],
+        trials,
+        out=out / "lap_astp_asnorm_qmf",
+        cohort_set=lap["cohort"],
+        cohort_speakers=[speaker_of[u] for u in lap["cohort"].ids],
+        norm="asnorm",
+        calibrate="qmf",
+        top_n=100,
+        calibration_dir=models["lap_astp"],
+        title="LAP + ASTP + AS-norm + QMF",
+    )
+    results["LAP + ASTP + AS-norm + QMF"] = calibrated.metrics
+    return results, det_systems
 
 
 def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:

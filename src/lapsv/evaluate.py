@@ -142,12 +142,7 @@ def evaluate(
     embedding caches ``embeddings.npz`` / ``cohort_embeddings.npz``: a second run with the
     same model reuses them without running the model.
     """
-    if norm not in NORMS:
-        raise ConfigError(f"norm must be one of {NORMS}, not {norm!r}")
-    if calibrate not in CALIBRATIONS:
-        raise ConfigError(f"calibrate must be one of {CALIBRATIONS}, not {calibrate!r}")
-    if (norm == "asnorm" or calibrate == "qmf") and cohort is None:
-        raise ConfigError(f"norm={norm} / calibrate={calibrate} need a cohort manifest")
+    _check_options(norm, calibrate, has_cohort=cohort is not None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trial_list = read_trials(trials)
@@ -161,18 +156,7 @@ def evaluate(
         batch_size=batch_size,
         progress=progress,
     )
-    index = test_set.index()
-    keep = np.array(
-        [a in index and b in index for a, b in zip(trial_list.enroll, trial_list.test, strict=True)]
-    )
-    kept = _subset(trial_list, keep)
-    pairs_e = np.array([index[u] for u in kept.enroll], dtype=np.int64)
-    pairs_t = np.array([index[u] for u in kept.test], dtype=np.int64)
-    vectors = test_set.embeddings
-
-    mean = cohort_vectors = None
-    cohort_set: EmbeddingSet | None = None
-    cohort_speakers: list[str] = []
+    cohort_set, cohort_speakers = None, None
     if cohort is not None:
         manifest = read_manifest(cohort)
         cohort_set, cohort_new = cached_embeddings(
@@ -185,6 +169,57 @@ def evaluate(
         new_count += cohort_new
         speaker_of = {u.utt: u.speaker for u in manifest}
         cohort_speakers = [speaker_of[u] for u in cohort_set.ids]
+    result = score_trials(
+        test_set,
+        trial_list,
+        out=out,
+        cohort_set=cohort_set,
+        cohort_speakers=cohort_speakers,
+        norm=norm,
+        calibrate=calibrate,
+        top_n=top_n,
+        calibration_pairs=calibration_pairs,
+        calibration_dir=Path(model) if save_calibration and Path(model).is_dir() else None,
+        title=title or Path(str(model)).name,
+    )
+    result.metrics.update({"model": str(model), "trials": str(trials)})
+    atomic_write_text(result.files["metrics"], json.dumps(result.metrics, indent=1))
+    result.newly_embedded = new_count
+    return result
+
+
+def score_trials(
+    test_set: EmbeddingSet,
+    trial_list: Trials,
+    *,
+    out: Path,
+    cohort_set: EmbeddingSet | None = None,
+    cohort_speakers: list[str] | None = None,
+    norm: str = "none",
+    calibrate: str = "none",
+    top_n: int = 600,
+    calibration_pairs: int = 30_000,
+    calibration_dir: Path | None = None,
+    title: str = "system",
+) -> EvaluationResult:
+    """Score trials from embeddings already computed; see :func:`evaluate`.
+
+    ``cohort_set`` / ``cohort_speakers``: training utterances for mean subtraction, AS-norm
+    and QMF; ``calibration_dir``: where to save the scoring state and QMF for verify.
+    """
+    _check_options(norm, calibrate, has_cohort=cohort_set is not None)
+    out.mkdir(parents=True, exist_ok=True)
+    index = test_set.index()
+    keep = np.array(
+        [a in index and b in index for a, b in zip(trial_list.enroll, trial_list.test, strict=True)]
+    )
+    kept = _subset(trial_list, keep)
+    pairs_e = np.array([index[u] for u in kept.enroll], dtype=np.int64)
+    pairs_t = np.array([index[u] for u in kept.test], dtype=np.int64)
+    vectors = test_set.embeddings
+
+    mean = cohort_vectors = None
+    if cohort_set is not None:
         mean = embedding_mean(cohort_set.embeddings)
         cohort_vectors = speaker_cohort(cohort_set.embeddings, cohort_speakers, mean=mean)
 
@@ -214,15 +249,16 @@ def evaluate(
         )
         scores = calibrator.llr(features)
         files["qmf"] = calibrator.save(out / QMF_FILE)
-        if save_calibration and Path(model).is_dir():
-            save_scoring_state(Path(model), mean, cohort_vectors, min(top_n, len(cohort_vectors)))
-            files["model_qmf"] = calibrator.save(Path(model) / QMF_FILE)
+        if calibration_dir is not None:
+            top = min(top_n, len(cohort_vectors))
+            save_scoring_state(calibration_dir, mean, cohort_vectors, top)
+            files["model_qmf"] = calibrator.save(calibration_dir / QMF_FILE)
 
     files["scores"] = write_scores(out / "scores.txt", kept, scores)
     metrics: dict[str, Any] = {}
     if kept.labels is not None:
         metrics = compute_metrics(scores, kept.labels, calibrated=calibrated)
-        name = title or Path(str(model)).name
+        name = title
         files["det"] = plot_det(scores, kept.labels, out / "det.png", name=name, title=name)
         files["histogram"] = plot_score_histogram(
             scores,
@@ -233,8 +269,6 @@ def evaluate(
         )
     metrics.update(
         {
-            "model": str(model),
-            "trials": str(trials),
             "norm": norm,
             "calibrate": calibrate,
             "mean_subtraction": mean is not None,
@@ -244,8 +278,17 @@ def evaluate(
     files["metrics"] = out / "metrics.json"
     atomic_write_text(files["metrics"], json.dumps(metrics, indent=1))
     return EvaluationResult(
-        metrics, kept, scores, out, new_count, int((~keep).sum()), test_set.failures, files
+        metrics, kept, scores, out, 0, int((~keep).sum()), test_set.failures, files
     )
+
+
+def _check_options(norm: str, calibrate: str, *, has_cohort: bool) -> None:
+    if norm not in NORMS:
+        raise ConfigError(f"norm must be one of {NORMS}, not {norm!r}")
+    if calibrate not in CALIBRATIONS:
+        raise ConfigError(f"calibrate must be one of {CALIBRATIONS}, not {calibrate!r}")
+    if (norm == "asnorm" or calibrate == "qmf") and not has_cohort:
+        raise ConfigError(f"norm={norm} / calibrate={calibrate} need a cohort manifest")
 
 
 def _subset(trials: Trials, keep: np.ndarray) -> Trials:

@@ -70,6 +70,10 @@ class EmbeddingSet:
     def index(self) -> dict[str, int]:
         return {utt: row for row, utt in enumerate(self.ids)}
 
+    def columns(self, span: slice) -> EmbeddingSet:
+        """The same utterances with only the embedding columns ``span``."""
+        return EmbeddingSet(self.ids, self.embeddings[:, span], self.seconds, self.failures)
+
     def save(self, path: str | Path, *, model_id: str = "") -> None:
         """Write an .npz atomically (no pickled objects inside)."""
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -129,3 +133,36 @@ def extract_embeddings(
         np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), dtype=np.float32)
     )
     return EmbeddingSet(ids, embeddings, np.array(seconds, dtype=np.float32), failures)
+
+
+class SharedFrontendModel(torch.nn.Module):
+    """Several backends on one frontend: ``embed`` returns their embeddings side by side.
+
+    The frontend (the expensive part) runs once per batch; ``columns()`` says which
+    embedding columns belong to which backend.
+    """
+
+    def __init__(self, frontend: torch.nn.Module, backends: dict[str, torch.nn.Module]) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.backends = torch.nn.ModuleDict(backends)
+        self.sample_rate = frontend.sample_rate
+        self.embed_dim = sum(b.embed_dim for b in backends.values())
+
+    def columns(self) -> dict[str, slice]:
+        spans, start = {}, 0
+        for name, backend in self.backends.items():
+            spans[name] = slice(start, start + backend.embed_dim)
+            start += backend.embed_dim
+        return spans
+
+    @torch.no_grad()
+    def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        modes = [module.training for module in (self.frontend, *self.backends.values())]
+        self.eval()
+        try:
+            hidden, frames = self.frontend(waveforms, lengths)
+            return torch.cat([b(hidden, frames) for b in self.backends.values()], dim=1)
+        finally:
+            for module, mode in zip((self.frontend, *self.backends.values()), modes, strict=True):
+                module.train(mode)

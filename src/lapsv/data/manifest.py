@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
 
@@ -61,6 +63,16 @@ class Manifest:
     @property
     def total_seconds(self) -> float:
         return sum(u.seconds for u in self.utterances)
+
+    def sample_per_speaker(self, count: int, *, seed: int = 0) -> Manifest:
+        """At most ``count`` random utterances of every speaker (a cohort for scoring)."""
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for speaker in self.speakers:
+            rows = [u for u in self.utterances if u.speaker == speaker]
+            picks = rng.permutation(len(rows))[:count]
+            chosen.extend(rows[i] for i in sorted(picks))
+        return Manifest(self.root, tuple(chosen))
 
     def subset(self, speakers: Iterable[str]) -> Manifest:
         keep = set(speakers)

@@ -29,6 +29,7 @@ class DataConfig:
     augment_probability: float = 0.6
     num_workers: int = 2
     mean_utterances: int = 300  # training utterances whose mean embedding is subtracted
+    cached_views: int = 0  # frozen frontend: cache K augmented views of its hidden states
 
 
 @dataclasses.dataclass(frozen=True)

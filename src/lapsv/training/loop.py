@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from lapsv.training.checkpoint import (
     trained_state,
 )
 from lapsv.training.config import TrainConfig
+from lapsv.training.feature_cache import FrozenFeatureCache
 from lapsv.training.plots import plot_training_curves
 from lapsv.training.schedule import lr_at_step
 from lapsv.training.validation import Validator
@@ -118,6 +120,18 @@ class Trainer:
         self.steps_per_epoch = max(len(self.loader) // config.optim.grad_accum, 1)
         self.total_steps = self.steps_per_epoch * config.optim.epochs
         self.validator = Validator.from_config(config.data, self.manifest)
+        self.feature_cache = None
+        if config.model.frontend.freeze and config.data.cached_views > 0:
+            self.feature_cache = FrozenFeatureCache(
+                self.frontend,
+                self.dataset,
+                views=config.data.cached_views,
+                batch_size=self._micro_batch(),
+                device=self.accelerator.device,
+                seed=config.seed,
+                num_workers=config.data.num_workers,
+                progress=progress and self.accelerator.is_main_process,
+            )
         self.step = 0
         self.start_epoch = 0
 
@@ -276,24 +290,18 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         for system in self.systems:
             system.step.train()
-        shared_frontend = self.config.model.frontend.freeze
         totals = {s.name: {"loss": 0.0, "correct": 0.0} for s in self.systems}
         seen, started = 0, time.perf_counter()
         lr, margin = self._set_schedules()
         bar = tqdm(
-            self.loader,
+            self._batches(epoch),
+            total=len(self.feature_cache or self.loader),
             desc=f"epoch {epoch + 1}/{self.config.optim.epochs}",
             unit="batch",
             disable=not (self.progress and accelerator.is_main_process),
             leave=False,
         )
-        for waves, labels in bar:
-            lengths = torch.full((waves.shape[0],), waves.shape[1], device=waves.device)
-            inputs, input_lengths = waves, lengths
-            if shared_frontend:
-                with torch.no_grad(), accelerator.autocast():
-                    inputs, input_lengths = self.frontend(waves, lengths)
-                inputs = inputs.float()
+        for inputs, input_lengths, labels in bar:
             with accelerator.accumulate(*[s.step for s in self.systems]):
                 for system in self.systems:
                     with accelerator.autocast():
@@ -334,16 +342,28 @@ class Trainer:
             for name, t in totals.items()
         }
 
-    def _speaker_model(self, system: System) -> SpeakerModel:
-        step = self.accelerator.unwrap_model(system.step)
-        return SpeakerModel(self.frontend, step.backend)
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(inputs, lengths, labels): hidden states when the frontend is frozen (computed
+        here once for every backend, or read from the feature cache), else waveforms."""
+        if self.feature_cache is not None:
+            yield from self.feature_cache.batches(epoch)
+            return
+        for waves, labels in self.loader:
+            lengths = torch.full((waves.shape[0],), waves.shape[1], device=waves.device)
+            if not self.config.model.frontend.freeze:
+                yield waves, lengths, labels
+                continue
+            with torch.no_grad(), self.accelerator.autocast():
+                hidden, frames = self.frontend(waves, lengths)
+            yield hidden.float(), frames, labels
 
     def _validate(self, epoch: int, stats: dict[str, dict[str, float]]) -> None:
         if self.validator is None or not self.accelerator.is_main_process:
             return
-        for system in self.systems:
-            model = self._speaker_model(system)
-            stats[system.name].update(self.validator.evaluate(model, self.accelerator.device))
+        backends = {s.name: self.accelerator.unwrap_model(s.step).backend for s in self.systems}
+        results = self.validator.evaluate(self.frontend, backends, self.accelerator.device)
+        for name, metrics in results.items():
+            stats[name].update(metrics)
 
     # ------------------------------------------------------------------ files
     def _write_config(self) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lapsv.backend import SpeakerBackend
 from lapsv.data.manifest import Manifest, read_manifest
-from lapsv.inference import extract_embeddings
-from lapsv.model import SpeakerModel
+from lapsv.frontends import Frontend
+from lapsv.inference import SharedFrontendModel, extract_embeddings
 from lapsv.training.config import DataConfig
 
 
@@ -37,28 +38,38 @@ class Validator:
         subset = Manifest(train_manifest.root, tuple(train_manifest.utterances[i] for i in chosen))
         return cls(read_manifest(data.val_manifest), data.val_trials, subset)
 
-    def evaluate(self, model: SpeakerModel, device: torch.device | str) -> dict[str, float]:
-        """Returns ``val_eer`` (%), ``val_min_dcf_0.01`` and ``val_min_dcf_0.05``."""
-        from lapsv.scoring.metrics import compute_metrics
+    def evaluate(
+        self, frontend: Frontend, backends: dict[str, SpeakerBackend], device: torch.device | str
+    ) -> dict[str, dict[str, float]]:
+        """Per backend: ``val_eer`` (%), ``val_min_dcf_0.01``, ``val_min_dcf_0.05``.
 
+        The frontend runs once per batch for all backends (see :class:`SharedFrontendModel`).
+        """
+        from lapsv.scoring.metrics import compute_metrics
+        from lapsv.scoring.norm import cosine_scores, embedding_mean
+
+        model = SharedFrontendModel(frontend, backends)
         kwargs = {"batch_size": self.batch_size, "device": device}
         embeddings = extract_embeddings(model, self.items, **kwargs)
-        mean = extract_embeddings(model, self.mean_items, **kwargs).embeddings.mean(axis=0)
-        vectors = embeddings.embeddings - mean
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        means = extract_embeddings(model, self.mean_items, **kwargs).embeddings
         index = embeddings.index()
-        rows = [
+        kept = [
             (index[a], index[b], label)
             for a, b, label in zip(
                 self.trials.enroll, self.trials.test, self.trials.labels, strict=True
             )
             if a in index and b in index
         ]
-        a, b, labels = (np.array(column) for column in zip(*rows, strict=True))
-        scores = np.einsum("ij,ij->i", vectors[a], vectors[b])
-        metrics = compute_metrics(scores, labels)
-        return {
-            "val_eer": metrics["eer"],
-            "val_min_dcf_0.01": metrics["min_dcf_0.01"],
-            "val_min_dcf_0.05": metrics["min_dcf_0.05"],
-        }
+        pairs_e, pairs_t, labels = (np.array(column) for column in zip(*kept, strict=True))
+        results = {}
+        for name, columns in model.columns().items():
+            vectors = embeddings.embeddings[:, columns]
+            mean = embedding_mean(means[:, columns])
+            scores = cosine_scores(vectors, vectors, pairs_e, pairs_t, mean=mean)
+            metrics = compute_metrics(scores, labels)
+            results[name] = {
+                "val_eer": metrics["eer"],
+                "val_min_dcf_0.01": metrics["min_dcf_0.01"],
+                "val_min_dcf_0.05": metrics["min_dcf_0.05"],
+            }
+        return results
