@@ -183,7 +183,7 @@ def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:
 
     model = load_model(model_dir)
     manifest = read_manifest(corpus / "test.tsv")
-    utterances = sorted(manifest, key=lambda u: -u.seconds)[:: max(len(manifest) // 40, 1)]
+    utterances = sorted(manifest, key=lambda u: -u.seconds)[:: max(len(manifest) // 12, 1)][:12]
     weights = [layer_weights(model, load_audio(manifest.audio_path(u))) for u in utterances]
     plot_layer_weights(
         weights[0], out / "layers.png", title=f"LAP layer scores, {utterances[0].utt}"

@@ -17,7 +17,6 @@ Each folder is built in a temporary directory and renamed into place with a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +26,9 @@ import soundfile
 
 from lapsv.audio import SAMPLE_RATE, load_audio
 from lapsv.data.debian import unpacked_package
+from lapsv.data.folders import build_audio_folder
 from lapsv.data.manifest import read_manifest
 from lapsv.errors import ConfigError, LapsvError
-from lapsv.files import atomic_directory
 
 MUSIC_PACKAGE = "asterisk-moh-opsound-wav"
 NOISE_PACKAGE = "hedgewars-data"
@@ -53,7 +52,6 @@ NOT_NOISE = frozenset(
         "ride_of_the_valkyries",  # music, not noise
     }
 )
-MARKER = ".complete"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,36 +128,13 @@ def build_demo_noise(
             },
             lambda d: _speech(d, manifest, n_speech, np.random.default_rng((seed, 2))),
         )
-    folders = {name: _build_folder(*step) for name, step in steps.items()}
+    folders = {name: build_audio_folder(*step) for name, step in steps.items()}
     return {
         "musan": str(musan),
         "rirs": str(rirs),
         "folders": folders,
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _build_folder(folder: Path, settings: dict, build: Callable[[Path], dict]) -> dict:
-    """Build ``folder`` unless its marker records the same settings; return its summary."""
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
-    marker = folder / MARKER
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done.get("settings") == settings:
-            return dict(done["summary"], skipped=True)
-    started = time.perf_counter()
-    with atomic_directory(folder) as tmp:
-        summary = build(tmp)
-        seconds = sum(soundfile.info(str(p)).duration for p in tmp.iterdir() if p.is_file())
-        summary = {
-            "files": sum(1 for p in tmp.iterdir() if p.is_file()),
-            "minutes": round(seconds / 60, 2),
-            "megabytes": round(sum(p.stat().st_size for p in tmp.iterdir()) / 2**20, 1),
-            **summary,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        (tmp / MARKER).write_text(json.dumps({"settings": settings, "summary": summary}))
-    return dict(summary, skipped=False)
 
 
 def _write(path: Path, wave: np.ndarray) -> None:

@@ -1,0 +1,61 @@
+"""`lapsv demo` end to end on a generated corpus (the real corpus comes from apt)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from lapsv import load_model
+from lapsv.data import demo_corpus, demo_noise
+from lapsv.demo import run_demo
+from synthetic import make_corpus
+
+
+class FakeSummary:
+    def format_table(self) -> str:
+        return "split speakers items minutes\n(generated test corpus)"
+
+
+def fake_corpus(out, *, cache=None, progress=None, **_):
+    if not (out / "train.tsv").exists():
+        paths = make_corpus(out, speakers=4, utterances=4, val_speakers=4)
+        (out / "trials").mkdir(exist_ok=True)
+        shutil.copy(paths["val_trials"], out / "trials" / "val.txt")
+        shutil.copy(paths["val_trials"], out / "trials" / "test.txt")  # test speakers = val here
+        shutil.copy(paths["val"], out / "test.tsv")
+    return FakeSummary()
+
+
+def fake_noise(out, *, speech_manifest=None, cache=None, **_):
+    return {}
+
+
+@pytest.fixture
+def demo_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_corpus, "build_demo_corpus", fake_corpus)
+    monkeypatch.setattr(demo_noise, "build_demo_noise", fake_noise)
+    return tmp_path / "demo"
+
+
+def test_demo_writes_the_report_with_every_system(demo_out):
+    overrides = [
+        "optim.epochs=2",
+        "optim.batch_size=8",
+        "data.num_workers=0",
+        "data.mean_utterances=8",
+    ]
+    overrides += ["data.musan=null", "data.rirs=null", "data.cached_views=1"]
+    result = run_demo(demo_out, overrides=overrides, log=lambda _: None)
+    report = result.report.read_text()
+    for system in ("LAP + ASTP", "SUPERB + ASTP", "last layer + ASTP", "GE2E's own embedding"):
+        assert f"| {system} |" in report
+        assert f"| {system} + mean sub. |" in report
+    assert "| LAP + ASTP + AS-norm + QMF |" in report
+    for picture in ("det.png", "layers.png", "stage1/curves.png"):
+        assert (demo_out / picture).stat().st_size > 10_000
+    model = load_model(demo_out / "stage1" / "lap_astp" / "model")
+    assert model.config.backend.aggregation == "lap"
+    assert (demo_out / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
+    again = run_demo(demo_out, overrides=overrides, log=lambda _: None)  # re-runnable
+    assert again.results.keys() == result.results.keys()
