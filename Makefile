@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lapsv embed ge2e tests/data/*.flac --out demo-embeddings.npz
+	$(BIN)/lapsv demo --out lapsv-demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests

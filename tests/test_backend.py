@@ -124,3 +124,13 @@ def test_unknown_names_and_options_are_clear_errors():
         build_backend("lap", "astp", in_dim=32, n_layers=3, lap_head=4)
     with pytest.raises(ValueError, match="divisible"):
         build_backend("lap", "astp", in_dim=30, n_layers=3)
+
+
+def test_lap_identity_init_starts_from_the_frontend_features():
+    backend = build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_init="identity")
+    projection = backend.network.aggregation.in_proj
+    torch.testing.assert_close(projection.weight, torch.eye(32))
+    default = build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4)
+    assert not torch.equal(default.network.aggregation.in_proj.weight, torch.eye(32))
+    with pytest.raises(ValueError, match="lap_init"):
+        build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_init="zeros")

@@ -114,6 +114,9 @@ class SpeakerBackend(nn.Module):
         self.network = SPEAKER_NETS[config.speaker_net](config)
         self.embed_dim = self.network.out_dim
         _xavier_init(self)
+        for module in self.modules():
+            if isinstance(module, LayerAttentivePooling):
+                module.init_input_projection(config.lap_init)
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, L, T, D), lengths (B,) valid frames -> embeddings (B, E)."""

@@ -64,6 +64,7 @@ class BackendConfig:
     lap_heads: int = 16
     lap_out_dim: int = 512
     lap_score_dropout: float = 0.1
+    lap_init: str = "xavier"  # "identity": the D->D input projection starts as identity
     astp_bottleneck_ratio: float = 0.5
     astp_frame_dropout: float = 0.1
     ecapa_channels: int = 512

@@ -336,12 +336,12 @@ def save_scoring_state(model_dir: Path, mean: np.ndarray, cohort: np.ndarray, to
 
 def format_metrics(rows: dict[str, dict[str, Any]]) -> str:
     """A plain-text table: one row per system (EER %, minDCF 0.01 and 0.05, Cllr)."""
-    header = f"{'system':<28} {'EER %':>7} {'minDCF.01':>10} {'minDCF.05':>10} {'Cllr':>6}"
+    header = f"{'system':<34} {'EER %':>7} {'minDCF.01':>10} {'minDCF.05':>10} {'Cllr':>6}"
     lines = [header, "-" * len(header)]
     for name, m in rows.items():
         cllr = f"{m['cllr']:.3f}" if "cllr" in m else "-"
         lines.append(
-            f"{name:<28} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.3f} "
+            f"{name:<34} {m['eer']:>7.2f} {m['min_dcf_0.01']:>10.3f} "
             f"{m['min_dcf_0.05']:>10.3f} {cllr:>6}"
         )
     return "\n".join(lines)

@@ -63,6 +63,19 @@ class LayerAttentivePooling(nn.Module):
             for head_weight in weight:  # one (out, in) matrix per head
                 nn.init.xavier_uniform_(head_weight)
 
+    def init_input_projection(self, kind: str) -> None:
+        """``"xavier"`` (METHOD.md §3) or ``"identity"``: start from the frontend's own
+        features instead of a random mix of them (helps when training data is scarce)."""
+        if kind == "identity":
+            with torch.no_grad():
+                self.in_proj.weight.copy_(torch.eye(self.in_dim))
+                self.in_proj.bias.zero_()
+        elif kind == "xavier":
+            nn.init.xavier_uniform_(self.in_proj.weight)
+            nn.init.zeros_(self.in_proj.bias)
+        else:
+            raise ValueError(f"lap_init must be 'xavier' or 'identity', not {kind!r}")
+
     def _excite(self, stats: torch.Tensor) -> torch.Tensor:
         """Per-head squeeze-excitation over layers: (B, T, H, L) -> (B, T, H, L)."""
         hidden = torch.einsum("bthl,hsl->bths", stats, self.squeeze_weight) + self.squeeze_bias
