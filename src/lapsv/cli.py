@@ -89,9 +89,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result.skipped_trials:
         print(f"skipped {result.skipped_trials} trials whose audio could not be embedded")
     if "eer" in result.metrics:
-        label = f"{Path(str(args.model)).name} ({args.norm}" + (
-            ", qmf)" if args.calibrate == "qmf" else ")"
-        )
+        model_path = Path(str(args.model))
+        name = model_path.parent.name if model_path.name == "model" else model_path.name
+        label = f"{name} ({args.norm}" + (", qmf)" if args.calibrate == "qmf" else ")")
         print(format_metrics({label: result.metrics}))
     for kind, path in result.files.items():
         print(f"  {kind}: {path}")
