@@ -45,18 +45,24 @@ def test_second_run_reuses_cached_embeddings_and_prints_the_same(tmp_path, corpu
     assert len(lines[0].split()) == 4
 
 
-def test_asnorm_and_qmf_write_calibration_beside_the_model(tmp_path, corpus, model_dir):
-    result = evaluate(
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, corpus, model_dir):
+    """The QMF evaluation, run once: it also saves the calibration beside the model."""
+    return evaluate(
         model_dir,
         corpus["val_trials"],
         corpus["audio"],
-        out=tmp_path,
+        out=tmp_path_factory.mktemp("qmf"),
         cohort=corpus["train"],
         norm="asnorm",
         calibrate="qmf",
         top_n=5,
         calibration_pairs=400,
     )
+
+
+def test_asnorm_and_qmf_write_calibration_beside_the_model(calibrated, model_dir):
+    result = calibrated
     assert {"cllr", "act_dcf_0.01"} <= set(result.metrics)
     assert result.metrics["mean_subtraction"]
     assert (model_dir / QMF_FILE).is_file()
@@ -106,18 +112,7 @@ def test_score_cached_embeddings_with_multi_utterance_enrolment(tmp_path, corpus
     assert len(out.read_text().splitlines()) == len(speakers) ** 2
 
 
-def test_verify_uses_the_calibrated_threshold_after_qmf(tmp_path, corpus, model_dir, capsys):
-    evaluate(
-        model_dir,
-        corpus["val_trials"],
-        corpus["audio"],
-        out=tmp_path,
-        cohort=corpus["train"],
-        norm="asnorm",
-        calibrate="qmf",
-        top_n=5,
-        calibration_pairs=400,
-    )
+def test_verify_uses_the_calibrated_threshold_after_qmf(calibrated, corpus, model_dir, capsys):
     a, b = sorted(corpus["audio"].glob("spk08/*.flac"))[:2]
     assert main(["verify", str(model_dir), str(a), str(b)]) == 0
     out = capsys.readouterr().out

@@ -21,6 +21,7 @@ from lapsv.errors import AudioError
 SAMPLE_RATE = 16_000
 MIN_SECONDS = 0.3
 SILENCE_PEAK = 1e-4  # -80 dBFS
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 def audio_duration(path: str | Path) -> float:

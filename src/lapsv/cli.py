@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from lapsv import __version__
+from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.errors import LapsvError
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au"}
 
 
 def expand_audio_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:

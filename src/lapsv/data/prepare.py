@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lapsv.audio import audio_duration
+from lapsv.audio import AUDIO_SUFFIXES, audio_duration
 from lapsv.data.manifest import Utterance, write_manifest
 from lapsv.errors import AudioError, ConfigError
 from lapsv.files import atomic_write_text
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 OFFICIAL_VOXCELEB_LISTS = (
     "veri_test.txt",
     "veri_test2.txt",
