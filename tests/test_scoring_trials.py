@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lapsv.data.prepare import OFFICIAL_VOXCELEB_LISTS
 from lapsv.errors import ScoringError
 from lapsv.scoring import Trials, read_enrollment_map, read_scores, read_trials, write_scores
 
@@ -18,14 +19,7 @@ VOXCELEB_LINES = [
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "veri_test.txt",
-        "veri_test2.txt",
-        "list_test_hard.txt",
-        "list_test_hard2.txt",
-        "list_test_all.txt",
-        "list_test_all2.txt",
-    ],
+    OFFICIAL_VOXCELEB_LISTS,
 )
 def test_voxceleb_lists(tmp_path, name):
     path = tmp_path / name
