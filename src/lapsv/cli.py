@@ -231,7 +231,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_verb == "demo-corpus":
         from lapsv.data.demo_corpus import build_demo_corpus
 
-        summary = build_demo_corpus(Path(args.out), cache=args.cache and Path(args.cache))
+        summary = build_demo_corpus(Path(args.out), cache=Path(args.cache) if args.cache else None)
         print(summary.format_table())
     elif args.data_verb == "demo-noise":
         from lapsv.data.demo_noise import build_demo_noise
@@ -270,6 +270,18 @@ def _progress(items: Sequence, description: str) -> Iterable:
     return tqdm(items, desc=description, unit="file", disable=len(items) < 20, file=sys.stderr)
 
 
+def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help=f"override a value of {what}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lapsv", description="Speaker verification with Layer Attentive Pooling."
@@ -281,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     embed.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
     embed.add_argument("--out", default="embeddings.npz", help="output .npz (ids, embeddings)")
-    embed.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
+    _option(embed, "batch_size", type=int, default=16)
     embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
     embed.set_defaults(func=cmd_embed)
@@ -290,9 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="run a training stage from a YAML recipe (resumes if interrupted)"
     )
     train.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
-    train.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)"
-    )
+    _overrides(train, "the recipe (repeatable)")
     train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -302,10 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     evaluation.add_argument("--trials", required=True, help="VoxCeleb, Kaldi or CSV trial list")
-    evaluation.add_argument(
-        "--audio_root",
-        "--audio-root",
-        dest="audio_root",
+    _option(
+        evaluation,
+        "audio_root",
         required=True,
         help="folder the trial list's paths are relative to",
     )
@@ -314,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--norm", choices=["none", "asnorm"], default="none")
     evaluation.add_argument("--calibrate", choices=["none", "qmf"], default="none")
-    evaluation.add_argument("--top_n", "--top-n", dest="top_n", type=int, default=600)
+    _option(evaluation, "top_n", type=int, default=600)
     evaluation.add_argument("--out", default="results", help="results folder")
-    evaluation.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16)
+    _option(evaluation, "batch_size", type=int, default=16)
     evaluation.add_argument("--device", default="cpu")
     evaluation.set_defaults(func=cmd_eval)
 
@@ -327,10 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--embeddings", help=".npz written by lapsv embed / eval")
     score.add_argument("--trials", help="trial list to score with --embeddings")
     score.add_argument("--enroll", help="Kaldi spk2utt file: enrol models from several utterances")
-    score.add_argument(
-        "--mean_from",
-        "--mean-from",
-        dest="mean_from",
+    _option(
+        score,
+        "mean_from",
         help=".npz whose mean embedding is subtracted",
     )
     score.add_argument("--out", help="write the scores computed from --embeddings here")
@@ -355,15 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
     demo.add_argument("--out", default="lapsv-demo", help="output folder")
-    demo.add_argument(
-        "--budget_minutes", "--budget-minutes", dest="budget_minutes", type=float, default=20.0
-    )
-    demo.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a value of the demo recipe (repeatable)",
-    )
+    _option(demo, "budget_minutes", type=float, default=20.0)
+    _overrides(demo, "the demo recipe (repeatable)")
     demo.set_defaults(func=cmd_demo)
 
     data = verbs.add_parser("data", help="build or prepare data: manifests, corpora, noise")
@@ -373,10 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--cache", help="folder for downloaded packages")
     noise = data_verbs.add_parser("demo-noise", help="MUSAN/RIRS_NOISES-style folders, offline")
     noise.add_argument("--out", required=True)
-    noise.add_argument(
-        "--speech_manifest",
-        "--speech-manifest",
-        dest="speech_manifest",
+    _option(
+        noise,
+        "speech_manifest",
         help="training manifest for babble",
     )
     noise.add_argument("--cache", help="folder for downloaded packages")
@@ -388,10 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         prepare = data_verbs.add_parser(f"prepare-{layout}", help=f"manifests from {what}")
         prepare.add_argument("source", help=what)
         prepare.add_argument("--out", required=True, help="where manifests and trials go")
-        prepare.add_argument(
-            "--val_speakers",
-            "--val-speakers",
-            dest="val_speakers",
+        _option(
+            prepare,
+            "val_speakers",
             type=int,
             default=20,
             help="held-out training speakers",
