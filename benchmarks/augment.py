@@ -1,17 +1,19 @@
-"""Data-loading throughput of one CPU worker: decode, speed perturbation, noise, reverb.
+"""Item 5: data-loading throughput of one CPU worker: decode, speed perturbation, noise, reverb.
 
 Utterances per second for 2-s training crops, in one process (a data-loader worker), on
 synthetic data in MUSAN/RIRS_NOISES layouts (RIRs simulated like the demo ones), or on
-real folders given as ``musan=`` / ``rirs=``.
+real folders given as ``musan=`` / ``rirs=``. ``full_pipeline`` is the stage-1 recipe's
+``CropDataset.__getitem__``: decode a random segment, speed factor 0.9/1.0/1.1, crop,
+augment with probability 0.6.
 
-    python -m benchmarks.augment          # writes benchmarks/results/augment-cpu.json
+    python -m benchmarks.run --only data      # this item alone, in the one entry point
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,12 +25,12 @@ import soundfile
 
 from lapsv.audio import SAMPLE_RATE
 from lapsv.data.augment import Augmenter, NoiseBank, RirBank, add_noise, reverberate, speed_perturb
-from lapsv.data.dataset import read_random_segment
+from lapsv.data.dataset import CropConfig, CropDataset, read_random_segment
 from lapsv.data.demo_noise import simulate_rirs
-from lapsv.files import atomic_write_text
+from lapsv.data.manifest import Manifest, Utterance
 
 CROP_SECONDS = 2.0
-RESULTS = Path(__file__).parent / "results" / "augment-cpu.json"
+ITERATIONS = {"tiny": 10, "small": 300, "full": 300}
 
 
 def _speechlike(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -63,17 +65,18 @@ def _rate(step: Callable[[], object], iterations: int) -> float:
     return iterations / (time.perf_counter() - started)
 
 
-def run(*, small: bool = False, musan: Path | None = None, rirs: Path | None = None) -> dict:
+def run(size: str = "small", *, musan: Path | None = None, rirs: Path | None = None) -> dict:
     """Utterances (2-s crops) per second of one CPU process for each data-loading step.
 
     Args:
-        small: a few iterations only (a smoke test).
+        size: ``"tiny"`` runs a few iterations only (a smoke test).
         musan, rirs: real MUSAN / RIRS_NOISES folders; default synthetic ones.
 
     Returns:
         {"utterances_per_second": {step: rate}, "setup": {...}}.
     """
-    iterations = 10 if small else 300
+    small = size == "tiny"
+    iterations = ITERATIONS[size]
     rng = np.random.default_rng(0)
     data = "synthetic" if musan is None and rirs is None else f"musan={musan}, rirs={rirs}"
     samples = int(CROP_SECONDS * SAMPLE_RATE)
@@ -93,6 +96,16 @@ def run(*, small: bool = False, musan: Path | None = None, rirs: Path | None = N
         always = Augmenter(noise_bank, rir_bank, probability=1.0)
         recipe = Augmenter(noise_bank, rir_bank, probability=0.6)
         factors = iter(np.resize([0.9, 1.1], 10 * iterations))
+        manifest = Manifest(tmp, (Utterance("utterance", "speaker", 8.0, flac.name),))
+        dataset = CropDataset(
+            manifest, CropConfig(CROP_SECONDS, (0.9, 1.0, 1.1)), augment=recipe, seed=0
+        )
+        epochs = iter(range(10 * iterations))
+
+        def pipeline() -> object:
+            dataset.set_epoch(next(epochs))  # a new random crop, factor and augmentation
+            return dataset[0]
+
         steps = {
             "decode_2s_flac_crop": lambda: read_random_segment(flac, samples, rng),
             "speed_perturb": lambda: speed_perturb(crop, float(next(factors))),
@@ -100,6 +113,7 @@ def run(*, small: bool = False, musan: Path | None = None, rirs: Path | None = N
             "reverberate": lambda: reverberate(crop, rir_bank.sample(rng)),
             "augmenter_probability_1": lambda: always(crop, rng),
             "augmenter_probability_0.6": lambda: recipe(crop, rng),
+            "full_pipeline": pipeline,
         }
         rates = {name: round(_rate(step, iterations), 1) for name, step in steps.items()}
         rir_seconds = [len(rir_bank.sample(rng)) / SAMPLE_RATE for _ in range(20)]
@@ -122,6 +136,6 @@ def run(*, small: bool = False, musan: Path | None = None, rirs: Path | None = N
 
 
 if __name__ == "__main__":
-    result = run()
-    atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    from benchmarks.run import main
+
+    main(["--only", "data", *sys.argv[1:]])

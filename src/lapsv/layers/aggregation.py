@@ -48,8 +48,9 @@ class LayerAttentivePooling(nn.Module):
             raise ValueError(f"LAP needs at least 2 layers to weigh, got n_layers={n_layers}")
         self.n_layers, self.in_dim, self.n_heads, self.out_dim = n_layers, in_dim, n_heads, out_dim
         squeezed = n_layers // 2
-        # BatchNorm + 1x1 conv over channels, shared by every layer and frame; written as
-        # BatchNorm1d + Linear on (B*L*T, D) rows: the same parameters, no permutes.
+        # BatchNorm + 1x1 conv over channels, shared by every layer and frame; kept as
+        # BatchNorm1d + Linear modules (their parameters and buffers), applied to (B*L*T, D)
+        # rows as one folded matmul by _project.
         self.in_norm = nn.BatchNorm1d(in_dim)
         self.in_proj = nn.Linear(in_dim, in_dim)
         self.squeeze_weight = nn.Parameter(torch.empty(n_heads, squeezed, n_layers))
@@ -81,17 +82,66 @@ class LayerAttentivePooling(nn.Module):
         hidden = torch.einsum("bthl,hsl->bths", stats, self.squeeze_weight) + self.squeeze_bias
         return torch.einsum("bths,hls->bthl", hidden.relu(), self.excite_weight) + self.excite_bias
 
+    def _project(self, rows: torch.Tensor) -> torch.Tensor:
+        """``in_proj(in_norm(rows))`` for (N, D) rows, with the norm folded into the projection.
+
+        BatchNorm is per-channel affine, so its scale goes into the projection's weights and
+        its shift into the bias: (rows - mean) @ (W * scale)^T + (b + W @ beta). The result
+        is the same up to float rounding, but the normalised rows are never materialised
+        and, when ``rows`` needs no gradient (frozen frontend), backward runs one (N, D, D)
+        matmul (the weight gradient) instead of two. Batch statistics (biased variance),
+        running averages (unbiased variance, momentum) and ``num_batches_tracked`` are
+        those of ``nn.BatchNorm1d``, which keeps owning the parameters and buffers.
+        """
+        norm = self.in_norm
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            rows = rows.float()  # statistics in float32, as BatchNorm computes them
+        if norm.training:
+            mean = rows.mean(dim=0)
+            centered = rows - mean
+            var = centered.square().mean(dim=0)  # biased: what BatchNorm normalises with
+            with torch.no_grad():
+                norm.num_batches_tracked.add_(1)
+                momentum = norm.momentum
+                if momentum is None:  # cumulative average, as BatchNorm does
+                    momentum = 1.0 / float(norm.num_batches_tracked)
+                count = rows.shape[0]
+                norm.running_mean.lerp_(mean.detach(), momentum)
+                norm.running_var.lerp_(var.detach() * (count / max(count - 1, 1)), momentum)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+            centered = rows - mean
+        scale = norm.weight * torch.rsqrt(var + norm.eps)
+        weight = self.in_proj.weight * scale  # scales the input channels (columns)
+        bias = torch.addmv(self.in_proj.bias, self.in_proj.weight, norm.bias)
+        return torch.addmm(bias, centered, weight.t())
+
+    @staticmethod
+    def _weighted_layer_max(x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """max over layers of x * score: (B, L, T, H, d), (B, T, H, L) -> (B, T, H, d).
+
+        The winning layer is found without autograd, then only the winners are gathered:
+        the value is exactly the max, and backward scatters into the winning layers instead
+        of building full-size comparison masks (ties, which amax would split, only occur
+        between layers whose score dropout zeroed, where every gradient is zero anyway).
+        """
+        with torch.no_grad():
+            winner = (x * scores.permute(0, 3, 1, 2).unsqueeze(-1)).max(dim=1).indices
+        picked = x.gather(1, winner.unsqueeze(1)).squeeze(1)
+        return picked * scores.gather(-1, winner)
+
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, T, D) -> features (B, C, T), layer scores (B, H, T, L) in [0, 1]."""
         batch, n_layers, frames, dim = hidden_states.shape
         heads = self.n_heads
-        x = self.in_proj(self.in_norm(hidden_states.reshape(-1, dim)))
+        x = self._project(hidden_states.reshape(-1, dim))
         x = x.view(batch, n_layers, frames, heads, dim // heads)
-        mean = x.mean(dim=-1).permute(0, 2, 3, 1)  # (B, T, H, L)
-        peak = x.amax(dim=-1).permute(0, 2, 3, 1)
+        # sum (not mean) and max (not amax): their backward passes are a broadcast and a
+        # scatter, not full-size divisions and comparison masks
+        mean = (x.sum(dim=-1) / x.shape[-1]).permute(0, 2, 3, 1)  # (B, T, H, L)
+        peak = x.max(dim=-1).values.permute(0, 2, 3, 1)
         scores = self.score_dropout(torch.sigmoid(self._excite(mean) + self._excite(peak)))
-        weighted = x * scores.permute(0, 3, 1, 2).unsqueeze(-1)  # (B, L, T, H, d)
-        pooled = weighted.amax(dim=1).reshape(batch * frames, dim)
+        pooled = self._weighted_layer_max(x, scores).reshape(batch * frames, dim)
         features = self.out_norm(self.out_proj(pooled)).view(batch, frames, self.out_dim)
         return features.transpose(1, 2), scores.permute(0, 2, 1, 3)
 
