@@ -115,6 +115,11 @@ def test_rerun_resumes_from_the_last_checkpoint(tmp_path, corpus):
     assert len(history) == 3
     train(config, tmp_path, progress=False)  # finished: nothing to redo
     assert (tmp_path / "metrics.csv").read_text().splitlines() == history
+    # a run saved before a setting existed, rerun with other operational settings: resumes
+    saved = (tmp_path / "config.yaml").read_text().splitlines()
+    (tmp_path / "config.yaml").write_text("\n".join(s for s in saved if "max_skipped" not in s))
+    train(dataclasses.replace(config, checkpoint_every_steps=5), tmp_path, progress=False)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == history
     with pytest.raises(ConfigError, match="different recipe"):
         train(dataclasses.replace(config, seed=1), tmp_path, progress=False)
 
@@ -226,3 +231,93 @@ def test_feature_cache_views_are_distinct_and_reused(corpus):
     list(cache.batches(2))  # view 0 again: nothing new computed
     assert len(cache.store) == 2
     assert not torch.equal(cache.store[0][0], cache.store[1][0])
+
+
+class NanGradient(torch.autograd.Function):
+    """Identity forward, NaN gradient backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def poison_crops(monkeypatch, calls):
+    """Crops number ``calls`` (counted over the run) come out NaN, like a corrupt file."""
+    original = CropDataset.__getitem__
+    count = [0]
+
+    def getitem(self, index):
+        wave, label = original(self, index)
+        count[0] += 1
+        return (wave * float("nan"), label) if count[0] in calls else (wave, label)
+
+    monkeypatch.setattr(CropDataset, "__getitem__", getitem)
+
+
+def all_finite(path) -> bool:
+    tensors = safetensors.torch.load_file(str(path))
+    return all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def nan_config(corpus, **changes):
+    config = stage_config(corpus, compare={}, optim=OptimConfig(epochs=2, batch_size=6))
+    data = dataclasses.replace(config.data, speed_perturb=False, musan=None, rirs=None)
+    return dataclasses.replace(config, data=data, **changes)
+
+
+def test_a_nan_batch_is_skipped_counted_and_leaves_the_model_finite(tmp_path, corpus, monkeypatch):
+    poison_crops(monkeypatch, {6 * 2 + 3})  # one crop of the 3rd batch (step 3)
+    with pytest.warns(RuntimeWarning, match=r"lap_astp: step 3 skipped, non-finite"):
+        outputs = train(nan_config(corpus), tmp_path, progress=False)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))
+    assert [r["skipped_steps"] for r in rows] == ["1", "0"]
+    assert all(float(r["loss"]) > 0 for r in rows)  # the NaN loss is not in the average
+    # weights and normalisation statistics (which the NaN batch reached) stay finite
+    assert all_finite(outputs["lap_astp"] / "model.safetensors")
+    model = lapsv.load_model(outputs["lap_astp"])
+    assert torch.isfinite(model.embed(torch.randn(1, 8000), torch.tensor([8000]))).all()
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_is_skipped(tmp_path, corpus, monkeypatch):
+    from lapsv.losses import AAMSoftmax
+
+    original, count = AAMSoftmax.forward, [0]
+
+    def forward(self, embeddings, labels):
+        output = original(self, embeddings, labels)
+        count[0] += 1
+        if count[0] == 4:
+            return output._replace(loss=NanGradient.apply(output.loss))
+        return output
+
+    monkeypatch.setattr(AAMSoftmax, "forward", forward)
+    with pytest.warns(RuntimeWarning, match="step 4 skipped"):
+        outputs = train(nan_config(corpus), tmp_path, progress=False)
+    assert all_finite(outputs["lap_astp"] / "model.safetensors")
+    summary = (tmp_path / "lap_astp" / "training.json").read_text()
+    assert '"skipped_steps": 1' in summary
+
+
+def test_non_finite_steps_in_a_row_stop_training_and_keep_the_last_checkpoint(
+    tmp_path, corpus, monkeypatch
+):
+    from lapsv.training.loop import TrainingError
+
+    poison_crops(monkeypatch, set(range(37, 1000)))  # every crop after the first epoch
+    config = nan_config(corpus, max_skipped_steps=3)
+    with (
+        pytest.warns(RuntimeWarning, match="skipped"),
+        pytest.raises(TrainingError, match="3 optimizer steps in a row") as stopped,
+    ):
+        train(config, tmp_path, progress=False)
+    assert "epoch-001" in str(stopped.value)
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["epoch-001"]
+    assert all_finite(tmp_path / "checkpoints" / "epoch-001" / "lap_astp.safetensors")
+    monkeypatch.undo()  # the data is fixed: the same command resumes and finishes
+    outputs = train(config, tmp_path, progress=False)
+    assert all_finite(outputs["lap_astp"] / "model.safetensors")

@@ -3,19 +3,28 @@
 Public API::
 
     import lapsv
+    model = lapsv.load_model("ge2e")          # built-in offline model, a model directory,
+                                              # a hub id, or an exported .onnx / .pt file
+    e1 = model.embed("alice.wav")             # (E,) numpy; also arrays at any sample rate
+    e2 = model.embed(samples, sample_rate=8000)
+    model.similarity(e1, e2)                  # cosine (training mean subtracted if known)
+    model.verify("alice.wav", "bob.wav")      # scores, LLR when calibrated, decision
     backend = lapsv.build_backend("lap", "astp", in_dim=1024, n_layers=25)
-    model = lapsv.load_model("ge2e")          # built-in offline model, or a model directory
 """
 
 __version__ = "0.1.0"
 
+from lapsv.api import SpeakerAPI
 from lapsv.backend import SpeakerBackend, build_backend
 from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
+from lapsv.export import export_model
 from lapsv.frontends import GE2EEncoder, GE2EFrontend, HFFrontend, build_frontend
 from lapsv.inference import embed_waveforms
 from lapsv.loading import load_model
 from lapsv.losses import AAMSoftmax, margin_at_step
 from lapsv.model import SpeakerModel
+from lapsv.speakerdb import SpeakerDB
+from lapsv.verification import Verification, Verifier
 
 __all__ = [
     "AAMSoftmax",
@@ -25,12 +34,17 @@ __all__ = [
     "GE2EFrontend",
     "HFFrontend",
     "ModelConfig",
+    "SpeakerAPI",
     "SpeakerBackend",
+    "SpeakerDB",
     "SpeakerModel",
+    "Verification",
+    "Verifier",
     "__version__",
     "build_backend",
     "build_frontend",
     "embed_waveforms",
+    "export_model",
     "load_model",
     "margin_at_step",
 ]

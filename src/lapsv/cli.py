@@ -15,6 +15,7 @@ import numpy as np
 from lapsv import __version__
 from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.errors import LapsvError
+from lapsv.files import check_writable_file, check_writable_folder
 
 
 def expand_audio_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
@@ -43,13 +44,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from lapsv.inference import extract_embeddings
     from lapsv.loading import load_model
 
-    model = load_model(args.model, device=args.device)
+    check_writable_file(args.out, what="embeddings file")  # before any work
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     items = expand_audio_inputs(args.audio)
     if not items:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
     result = extract_embeddings(
-        model, items, batch_size=args.batch_size, device=args.device, progress=len(items) >= 20
+        model,
+        items,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=len(items) >= 20,
+        max_seconds=args.max_seconds,
     )
     out = Path(args.out)
     result.save(out, model_id=str(args.model))
@@ -66,6 +73,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lapsv.evaluate import evaluate, format_metrics
 
+    check_writable_folder(args.out, what="results folder")  # before any work
     result = evaluate(
         args.model,
         args.trials,
@@ -102,6 +110,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from lapsv.scoring.metrics import compute_metrics
 
+    if args.out:
+        check_writable_file(args.out, what="score file")  # before any work
     if args.scores:
         from lapsv.scoring.trials import read_scores
 
@@ -145,11 +155,18 @@ def _score_embeddings(args: argparse.Namespace):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
     from lapsv.config import dump_yaml, to_dict
     from lapsv.loading import load_model
     from lapsv.model import SpeakerModel
 
-    model = load_model(args.model)
+    model = load_model(args.model, trust_pickle=args.trust_pickle)
+    if not isinstance(model, torch.nn.Module):  # an exported file
+        print(f"model: {args.model} ({model.kind}, exported by lapsv from {model.source})")
+        print(f"embedding size: {model.embed_dim}   sample rate: {model.sample_rate} Hz")
+        print(f"model id: {model.model_id}   calibrated: {model.scoring.calibrated}")
+        return 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {args.model}")
     print(f"embedding size: {model.embed_dim}   sample rate: {model.sample_rate} Hz")
@@ -164,9 +181,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from lapsv.training import load_recipe, train
 
-    config = load_recipe(args.recipe, args.set or [])
+    overrides = [*(args.set or []), *(["data.drop_invalid=true"] if args.drop_invalid else [])]
+    config = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-    outputs = train(config, out, progress=not args.quiet)
+    outputs = train(config, out, progress=not args.quiet, trust_pickle=args.trust_pickle)
     for name, path in outputs.items():
         print(f"{name}: final model -> {path}")
     return 0
@@ -176,7 +194,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from lapsv.verification import Verifier
 
     verifier = Verifier(args.model, device=args.device)
-    result = verifier.verify_files(args.a, args.b, threshold=args.threshold)
+    result = verifier.verify_files(
+        args.a, args.b, threshold=args.threshold, max_seconds=args.max_seconds
+    )
     kind = "cosine (mean-subtracted)" if verifier.mean is not None else "cosine"
     print(f"{kind}: {result.cosine:.4f}")
     if result.asnorm is not None:
@@ -197,13 +217,173 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audio_paths(inputs: Iterable[str]) -> list[str]:
+    return [path for _, path in expand_audio_inputs(inputs)]
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from lapsv.loading import load_model
+    from lapsv.speakerdb import SpeakerDB, enroll_files
+
+    if Path(args.name).suffix.lower() in AUDIO_SUFFIXES and Path(args.name).is_file():
+        print(
+            f"error: {args.name} is an audio file; the speaker's NAME comes first: "
+            "lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...",
+            file=sys.stderr,
+        )
+        return 2
+    paths = _audio_paths(args.audio)
+    if not paths:
+        print("error: no audio files found in the given inputs", file=sys.stderr)
+        return 2
+    model = load_model(args.model, device=args.device)
+    with SpeakerDB(args.db, create=True) as db:
+        result, failures = enroll_files(
+            db,
+            model,
+            args.name,
+            paths,
+            model_name=str(args.model),
+            replace=args.replace,
+            batch_size=args.batch_size,
+            max_seconds=args.max_seconds,
+            progress=len(paths) >= 20,
+        )
+    if result is None:
+        print(
+            f"error: no recording of {args.name} could be embedded: nothing enrolled",
+            file=sys.stderr,
+        )
+        _report_failures(failures)
+        return 2
+    what = "enrolled new speaker" if result.new_speaker else "updated speaker"
+    removed = f", {result.removed} removed" if args.replace else ""
+    print(
+        f"{what} {result.name}: {result.added} recording(s) added, {result.updated} "
+        f"updated{removed}; {result.total} in total ({result.seconds:.1f} s) in {args.db} "
+        f"[model {model.model_id}]"
+    )
+    return _report_failures(failures)
+
+
+def _format_candidate(rank: int, candidate, score_name: str) -> str:
+    parts = [f"{rank:>4}. {candidate.name:<24} {score_name} {candidate.score:+8.3f}"]
+    if score_name != "cosine":
+        parts.append(f"cosine {candidate.cosine:+.3f}")
+    if candidate.asnorm is not None and score_name != "AS-norm":
+        parts.append(f"AS-norm {candidate.asnorm:+.3f}")
+    return "   ".join(parts)
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from lapsv.loading import load_model
+    from lapsv.speakerdb import SpeakerDB, identify_files
+
+    paths = _audio_paths(args.audio)
+    if not paths:
+        print("error: no audio files found in the given inputs", file=sys.stderr)
+        return 2
+    model = load_model(args.model, device=args.device)
+    with SpeakerDB(args.db) as db:
+        answers, failures = identify_files(
+            db,
+            model,
+            paths,
+            top_k=args.top_k,
+            threshold=args.threshold,
+            model_name=str(args.model),
+            batch_size=args.batch_size,
+            max_seconds=args.max_seconds,
+            progress=len(paths) >= 20,
+        )
+    for answer in answers:
+        best = answer.candidates[0]
+        if answer.answer is None:
+            verdict = f"best match {best.name} (no threshold: no decision)"
+        else:
+            known = answer.answer != "unknown"
+            verdict = (
+                f"{answer.answer} ({'' if known else f'best {best.name}: '}"
+                f"{answer.score_name} {best.score:+.3f} {'>=' if known else '<'} threshold "
+                f"{answer.threshold:+.3f}, {answer.threshold_source})"
+            )
+        print(f"{answer.source} -> {verdict}")
+        for rank, candidate in enumerate(answer.candidates, start=1):
+            print(_format_candidate(rank, candidate, answer.score_name))
+    if answers and answers[0].answer is None:
+        print(
+            f"no threshold: scores are {answers[0].score_name}s, so pass --threshold (say the "
+            "EER threshold `lapsv eval` finds on your data) to answer 'unknown' below it, or "
+            "calibrate the model (`lapsv eval MODEL ... --cohort TRAIN.tsv --calibrate qmf`) "
+            "to decide at LLR 0"
+        )
+    return _report_failures(failures)
+
+
+def cmd_speakers(args: argparse.Namespace) -> int:
+    from lapsv.speakerdb import SpeakerDB
+
+    if not args.db:
+        print("error: give the database: lapsv speakers --db SPEAKERS.db ACTION", file=sys.stderr)
+        return 2
+    with SpeakerDB(args.db) as db:
+        if args.speakers_verb == "delete":
+            unknown = sorted(set(args.names) - {s.name for s in db.speakers()})
+            if unknown:
+                print(f"error: {args.db} has no speaker {', '.join(unknown)}", file=sys.stderr)
+                return 2
+            for name in args.names:
+                count = db.delete(name)
+                print(f"deleted {name} ({count} recording(s)) from {args.db}")
+            return 0
+        speakers = db.speakers()
+        meta = db.meta()
+        model = meta.get("model_id", "none yet")
+        if meta.get("model_name"):
+            model += f" ({meta['model_name']})"
+        print(f"{args.db}: {len(speakers)} speaker(s); model {model}")
+        if speakers:
+            print(f"  {'name':<24} {'recordings':>10} {'seconds':>9}  updated (UTC)")
+        for speaker in speakers:
+            print(
+                f"  {speaker.name:<24} {speaker.utterances:>10} {speaker.seconds:>9.1f}  "
+                f"{speaker.updated}"
+            )
+            if args.utterances:
+                for utterance in sorted(db.utterances(speaker.name), key=lambda u: u.source):
+                    print(f"      {utterance.seconds:6.1f} s  {utterance.source}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lapsv.export import export_model
+    from lapsv.loading import load_model
+
+    model = load_model(args.model)
+    result = export_model(model, args.out, format=args.format, source=str(args.model))
+    size = result.path.stat().st_size / 1e6
+    print(
+        f"exported {args.model} -> {result.path} ({args.format}, {size:.1f} MB): waveforms "
+        f"(batch, samples) float32 at {model.sample_rate} Hz + lengths (batch,) int64 -> "
+        f"embeddings (batch, {model.embed_dim})"
+    )
+    checks = "  ".join(
+        f"{'batch of all' if seconds == 0 else f'{seconds:g} s'}: {diff:.1e}"
+        for seconds, diff in result.max_abs_diff.items()
+    )
+    print(f"max |exported - PyTorch| embedding difference: {checks}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lapsv.audio import load_audio
     from lapsv.inspection import dominant_layers, layer_weights, plot_layer_weights
     from lapsv.loading import load_model
     from lapsv.model import SpeakerModel
 
-    model = load_model(args.model)
+    if args.plot:
+        check_writable_file(args.plot, what="plot file")  # before any work
+    model = load_model(args.model, trust_pickle=args.trust_pickle)
     if not isinstance(model, SpeakerModel):
         print(f"error: {args.model} has no layer aggregation to inspect", file=sys.stderr)
         return 2
@@ -222,12 +402,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lapsv.demo import run_demo
 
+    check_writable_folder(args.out, what="demo output folder")  # before any work
     result = run_demo(args.out, budget_minutes=args.budget_minutes, overrides=args.set or [])
     print(f"done in {result.seconds / 60:.1f} min; open {result.report}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_verb == "validate":
+        from lapsv.data.validate import validate_manifest
+
+        report = validate_manifest(
+            args.manifest,
+            crop_seconds=args.crop_seconds,
+            min_utterances=args.min_utterances,
+            sample_rate=args.sample_rate or None,
+        )
+        print(report.format())
+        return 0 if report.ok else 1
     if args.data_verb == "demo-corpus":
         from lapsv.data.demo_corpus import build_demo_corpus
 
@@ -276,6 +468,30 @@ def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     parser.add_argument(*spellings, dest=name, **kwargs)
 
 
+MODEL_HELP = "model directory, hub id, built-in name (ge2e), or a file from `lapsv export`"
+
+
+def _max_seconds_option(parser: argparse.ArgumentParser) -> None:
+    _option(
+        parser,
+        "max_seconds",
+        type=float,
+        default=60.0,
+        help="longer recordings are embedded in windows of at most this many seconds, "
+        "averaged (bounded memory)",
+    )
+
+
+def _trust_pickle_option(parser: argparse.ArgumentParser) -> None:
+    _option(
+        parser,
+        "trust_pickle",
+        action="store_true",
+        help="allow pickle weights (.pt/.bin/.ckpt); unpickling runs any code a file "
+        "carries, so only for files you trust",
+    )
+
+
 def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help=f"override a value of {what}"
@@ -296,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     _option(embed, "batch_size", type=int, default=16)
     embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
+    _max_seconds_option(embed)
+    _trust_pickle_option(embed)
     embed.set_defaults(func=cmd_embed)
 
     train = verbs.add_parser(
@@ -305,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(train, "the recipe (repeatable)")
     train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _option(
+        train,
+        "drop_invalid",
+        action="store_true",
+        help="drop the utterances data validation reports and train on the rest "
+        "(data.drop_invalid=true)",
+    )
+    _trust_pickle_option(train)
     train.set_defaults(func=cmd_train)
 
     evaluation = verbs.add_parser(
@@ -346,19 +572,71 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
 
     verify = verbs.add_parser("verify", help="are two recordings the same speaker?")
-    verify.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    verify.add_argument("model", help=MODEL_HELP)
     verify.add_argument("a", help="first audio file")
     verify.add_argument("b", help="second audio file")
     verify.add_argument(
         "--threshold", type=float, help="decision threshold (default: LLR 0 if calibrated)"
     )
     verify.add_argument("--device", default="cpu")
+    _max_seconds_option(verify)
     verify.set_defaults(func=cmd_verify)
+
+    enroll = verbs.add_parser(
+        "enroll", help="add a speaker's recordings to a speaker database (SQLite)"
+    )
+    enroll.add_argument("model", help=MODEL_HELP)
+    enroll.add_argument("--db", required=True, help="speaker database file (created if missing)")
+    enroll.add_argument("name", help="the speaker's name")
+    enroll.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    enroll.add_argument(
+        "--replace", action="store_true", help="drop the speaker's earlier recordings first"
+    )
+    _option(enroll, "batch_size", type=int, default=16)
+    enroll.add_argument("--device", default="cpu")
+    _max_seconds_option(enroll)
+    enroll.set_defaults(func=cmd_enroll)
+
+    identify = verbs.add_parser("identify", help="who is speaking? top-k enrolled speakers")
+    identify.add_argument("model", help=MODEL_HELP)
+    identify.add_argument("--db", required=True, help="speaker database file")
+    identify.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    _option(identify, "top_k", type=int, default=3, help="speakers listed per recording")
+    identify.add_argument(
+        "--threshold",
+        type=float,
+        help="below it the answer is 'unknown' (default: LLR 0 if the model is calibrated; "
+        "otherwise a cosine / AS-norm threshold you choose)",
+    )
+    _option(identify, "batch_size", type=int, default=16)
+    identify.add_argument("--device", default="cpu")
+    _max_seconds_option(identify)
+    identify.set_defaults(func=cmd_identify)
+
+    speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")
+    speakers.add_argument("--db", help="speaker database file")
+    speakers_verbs = speakers.add_subparsers(dest="speakers_verb", required=True, metavar="ACTION")
+    listing = speakers_verbs.add_parser("list", help="speakers, recordings and seconds")
+    listing.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    listing.add_argument("--utterances", action="store_true", help="list each recording too")
+    delete = speakers_verbs.add_parser("delete", help="remove speakers and their recordings")
+    delete.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    speakers.set_defaults(func=cmd_speakers)
+
+    export = verbs.add_parser(
+        "export", help="export to ONNX or TorchScript (dynamic batch and length), checked"
+    )
+    export.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", required=True, help="file: .onnx, or .pt / .ts for TorchScript")
+    export.set_defaults(func=cmd_export)
 
     inspect = verbs.add_parser("inspect", help="which layers the model uses over time")
     inspect.add_argument("model", help="model directory or hub id")
     inspect.add_argument("audio", help="an audio file")
     inspect.add_argument("--plot", help="write a heat map PNG here")
+    _trust_pickle_option(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
@@ -369,6 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="build or prepare data: manifests, corpora, noise")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
+    validate = data_verbs.add_parser(
+        "validate", help="check a manifest's files (headers only): every problem in one report"
+    )
+    validate.add_argument("manifest", help="manifest (.tsv) to check")
+    _option(validate, "crop_seconds", type=float, help="report audio shorter than this")
+    _option(
+        validate,
+        "min_utterances",
+        type=int,
+        default=2,
+        help="report speakers with fewer usable utterances",
+    )
+    _option(validate, "sample_rate", type=int, default=16000, help="expected rate (0: any rate)")
     corpus = data_verbs.add_parser("demo-corpus", help="real-speech corpus from Debian packages")
     corpus.add_argument("--out", required=True)
     corpus.add_argument("--cache", help="folder for downloaded packages")
@@ -400,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = verbs.add_parser("info", help="describe a model: sizes, parameters, config")
     info.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    _trust_pickle_option(info)
     info.set_defaults(func=cmd_info)
     return parser
 

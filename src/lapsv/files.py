@@ -9,6 +9,43 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lapsv.errors import LapsvError
+
+
+class OutputError(LapsvError, OSError):
+    """An output file or folder cannot be written; raised before any work starts."""
+
+
+def check_writable_folder(folder: str | Path, *, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it, or raise OutputError.
+
+    Called before a command starts working, so that hours of work are never lost to a
+    folder that cannot take the results.
+
+    >>> import tempfile
+    >>> check_writable_folder(Path(tempfile.mkdtemp()) / "new" / "results").is_dir()
+    True
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".lapsv-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(f"{what} {folder} is not writable ({reason}); choose another") from error
+    return folder
+
+
+def check_writable_file(path: str | Path, *, what: str = "output file") -> Path:
+    """Raise OutputError now if ``path`` could not be written atomically later."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    check_writable_folder(path.parent, what=f"folder of the {what}")
+    return path
+
 
 def _default_mode(*, directory: bool = False) -> int:
     """Permissions of a new file or folder under the process umask (mkstemp gives 0600)."""
@@ -70,6 +107,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         for child in tmp.iterdir():
             with open(child, "rb+") as handle:
                 os.fsync(handle.fileno())
+        _fsync_directory(tmp)
         os.chmod(tmp, _default_mode(directory=True))
         backup = None
         if path.exists():
@@ -82,3 +120,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_directory(path: str | Path) -> None:
+    """Delete a folder so that it disappears at once: a kill never leaves half of it.
+
+    It is renamed to a hidden name first (atomic), then deleted.
+    """
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, doomed)
+    _fsync_directory(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import soundfile
 import torch
+from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from lapsv.audio import audio_duration, load_audio, pad_batch
-from lapsv.errors import AudioError
+from lapsv.audio import (
+    SILENCE_PEAK,
+    audio_duration,
+    load_audio,
+    pad_batch,
+    prepare_waveform,
+)
+from lapsv.errors import AudioError, ConfigError
 from lapsv.files import atomic_path
 
 
@@ -25,33 +35,230 @@ class Embedder(Protocol):
     def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
 
 
+DEFAULT_MAX_SECONDS = 60.0
+"""Recordings longer than this are embedded window by window (see :func:`window_bounds`)."""
+
+_RESAMPLE_MARGIN_TAPS = 10  # scipy.signal.resample_poly's filter half-length per max(up, down)
+_MAX_RESAMPLE_DENOMINATOR = 1000
+
+
+def window_bounds(n_samples: int, max_samples: int | None) -> list[tuple[int, int]]:
+    """Cut ``n_samples`` into the fewest equal windows of at most ``max_samples``.
+
+    This is the long-recording rule of lapsv: a recording longer than ``max_seconds`` is
+    cut into ``ceil(n / max)`` windows whose lengths differ by at most one sample (so no
+    window is a short leftover), each window is embedded on its own, silent windows (peak
+    below -80 dBFS) are skipped unless all are silent, and the recording's embedding is the
+    mean of its windows' raw embeddings. A recording of at most ``max_samples`` is one
+    window: its embedding is exactly the whole-recording embedding.
+
+    >>> window_bounds(10, 4)
+    [(0, 3), (3, 6), (6, 10)]
+    >>> window_bounds(10, None)
+    [(0, 10)]
+    """
+    if max_samples is None or n_samples <= max_samples:
+        return [(0, n_samples)]
+    count = -(-n_samples // max_samples)
+    edges = [i * n_samples // count for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _max_samples(max_seconds: float | None, sample_rate: int) -> int | None:
+    if max_seconds is None:
+        return None
+    if not max_seconds >= 1.0:
+        raise ConfigError(f"max_seconds must be at least 1 s (or None), got {max_seconds!r}")
+    return int(max_seconds * sample_rate)
+
+
+def _silent(piece: np.ndarray) -> bool:
+    return piece.size == 0 or float(np.abs(piece).max()) < SILENCE_PEAK
+
+
+def _embed_pieces(
+    model: Embedder,
+    pieces: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    device: str | torch.device,
+) -> np.ndarray:
+    """(len(pieces), E) raw embeddings, each piece whole, in length-sorted batches."""
+    embeddings = np.zeros((len(pieces), model.embed_dim), dtype=np.float32)
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch, lengths = pad_batch([pieces[i] for i in rows])
+        output = model.embed(batch.to(device), lengths.to(device))
+        embeddings[rows] = output.float().cpu().numpy()
+    return embeddings
+
+
+def _window_mean(vectors: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    sums = np.zeros((n, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, owners, vectors)
+    counts = np.bincount(owners, minlength=n)[:, None]
+    return (sums / counts).astype(np.float32)
+
+
 def embed_waveforms(
     model: Embedder,
     waveforms: Sequence[np.ndarray],
     *,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> np.ndarray:
     """Embed 16 kHz mono waveforms in length-sorted batches.
 
     Sorting by length keeps padding small; masking makes the result independent of it.
+    Waveforms longer than ``max_seconds`` are embedded window by window and averaged
+    (:func:`window_bounds`), so the frontend never sees more than ``batch_size`` windows of
+    ``max_seconds`` at once; ``None`` embeds every waveform whole.
 
     Args:
         model: SpeakerModel or GE2EEncoder, already on ``device``.
         waveforms: 1-D float32 arrays of any lengths.
-        batch_size: utterances per forward pass.
+        batch_size: utterances (or windows) per forward pass.
 
     Returns:
         (len(waveforms), E) float32, in input order.
     """
-    embeddings = np.zeros((len(waveforms), model.embed_dim), dtype=np.float32)
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch, lengths = pad_batch([waveforms[i] for i in rows])
-        output = model.embed(batch.to(device), lengths.to(device))
-        embeddings[rows] = output.float().cpu().numpy()
-    return embeddings
+    limit = _max_samples(max_seconds, model.sample_rate)
+    pieces: list[np.ndarray] = []
+    owners: list[int] = []
+    for index, wave in enumerate(waveforms):
+        windows = [wave[a:b] for a, b in window_bounds(len(wave), limit)]
+        if len(windows) > 1:
+            voiced = [w for w in windows if not _silent(w)]
+            windows = voiced or windows
+        pieces.extend(windows)
+        owners.extend([index] * len(windows))
+    raw = _embed_pieces(model, pieces, batch_size=batch_size, device=device)
+    if len(pieces) == len(waveforms):
+        return raw
+    return _window_mean(raw, np.array(owners), len(waveforms))
+
+
+def _read_source_windows(path: str, target_rate: int, max_samples: int):
+    """Yield the windows of a long file at ``target_rate``, mono, reading one at a time.
+
+    Window edges fall on the resampling grid (multiples of the rate ratio's denominator in
+    source samples), and each window is read with a margin wider than the resampling
+    filter, so the windows join into what polyphase-resampling the whole file gives.
+    """
+    with soundfile.SoundFile(path) as handle:
+        rate, frames = handle.samplerate, handle.frames
+        ratio = Fraction(target_rate, rate)
+        if ratio.denominator > _MAX_RESAMPLE_DENOMINATOR:  # odd rates, as lapsv.audio.resample
+            ratio = ratio.limit_denominator(_MAX_RESAMPLE_DENOMINATOR)
+        up, down = ratio.numerator, ratio.denominator
+        units = -(-frames // down)  # resampling grid steps (the last one may be partial)
+        per_window = max(1, max_samples // up)
+        count = -(-units // per_window)
+        edges = [i * units // count for i in range(count + 1)]
+        margin = 0 if up == down else -(-_RESAMPLE_MARGIN_TAPS * max(up, down) // (up * down)) + 2
+        total = -(-frames * up // down)
+        for u0, u1 in itertools.pairwise(edges):
+            lo, hi = max(0, u0 - margin), min(units, u1 + margin)
+            handle.seek(lo * down)
+            data = handle.read(min(hi * down, frames) - lo * down, dtype="float32", always_2d=True)
+            wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            if up != down:
+                wave = resample_poly(wave, up, down).astype(np.float32)
+            start = (u0 - lo) * up
+            yield wave[start : start + min(u1 * up, total) - u0 * up]
+
+
+def embed_file(
+    model: Embedder,
+    path: str | Path,
+    *,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, float]:
+    """(E,) raw embedding and duration in seconds of one audio file, in bounded memory.
+
+    A file of at most ``max_seconds`` is read whole (:func:`~lapsv.audio.load_audio`).
+    A longer one is read window by window straight from the file (never whole), each window
+    down-mixed and resampled on its own, and embedded by the rule of :func:`window_bounds`:
+    memory is bounded by ``batch_size`` windows of ``max_seconds``, whatever the file's
+    length. The result equals :func:`embed_waveforms` on the whole decoded file.
+    """
+    source = str(path)
+    rate = model.sample_rate
+    limit = _max_samples(max_seconds, rate)
+    duration = audio_duration(path)  # raises AudioError for missing / undecodable files
+    if limit is None or duration * rate <= limit:
+        wave = load_audio(path, sample_rate=rate)
+        vector = embed_waveforms(model, [wave], batch_size=batch_size, device=device)[0]
+        return vector, len(wave) / rate
+    total, voiced = 0.0, 0
+    sums = np.zeros(model.embed_dim, dtype=np.float64)
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal voiced
+        vectors = _embed_pieces(model, batch, batch_size=batch_size, device=device)
+        sums[:] += vectors.sum(axis=0, dtype=np.float64)
+        voiced += len(batch)
+        batch.clear()
+
+    try:
+        for window in _read_source_windows(source, rate, limit):
+            total += len(window) / rate
+            if not np.isfinite(window).all():
+                raise AudioError(source, "audio contains NaN or infinite samples")
+            if not _silent(window):
+                batch.append(window)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioError(source, f"cannot decode audio ({error})") from error
+    if voiced == 0:
+        raise AudioError(source, "silent audio (peak below -80 dBFS)")
+    return (sums / voiced).astype(np.float32), total
+
+
+def embed_audio(
+    model: Embedder,
+    audio: str | Path | np.ndarray | torch.Tensor,
+    *,
+    sample_rate: int | None = None,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, float]:
+    """(E,) raw embedding and duration of one recording: a file path, or an array.
+
+    Args:
+        audio: an audio file, or samples shaped (N,) or (N, channels) (stereo is
+            down-mixed), float in [-1, 1] or integer PCM.
+        sample_rate: the array's rate (resampled to the model's); ``None`` means the
+            model's own rate. Not used for files, whose header says their rate.
+        max_seconds: longer recordings are embedded window by window (:func:`window_bounds`).
+    """
+    if isinstance(audio, str | Path):
+        if sample_rate is not None:
+            raise ConfigError("sample_rate is for arrays; an audio file's header has its rate")
+        return embed_file(model, audio, max_seconds=max_seconds, device=device)
+    if not isinstance(audio, np.ndarray | torch.Tensor):
+        raise TypeError(
+            f"expected an audio file path or an array of samples, got {type(audio).__name__}"
+        )
+    shape = tuple(audio.shape)
+    if len(shape) == 2 and shape[1] > 16 and shape[0] <= 16:
+        raise AudioError(
+            "<array>",
+            f"shape {shape} looks like (channels, samples); pass (samples, channels), or a "
+            "zero-padded batch with its lengths: model.embed(waveforms, lengths)",
+        )
+    rate = model.sample_rate if sample_rate is None else int(sample_rate)
+    wave = prepare_waveform(audio, rate, sample_rate=model.sample_rate)
+    vector = embed_waveforms(model, [wave], device=device, max_seconds=max_seconds)[0]
+    return vector, len(wave) / model.sample_rate
 
 
 @dataclasses.dataclass
@@ -101,12 +308,16 @@ def extract_embeddings(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
 ) -> EmbeddingSet:
-    """Embed (utterance id, audio path) items, full length, in length-sorted batches.
+    """Embed (utterance id, audio path) items in length-sorted batches.
 
-    Files are read batch by batch (memory stays bounded by one batch); unreadable or
-    unusable files are recorded in ``failures`` and the others are still embedded.
+    Files are read batch by batch (memory stays bounded by one batch); files longer than
+    ``max_seconds`` are read and embedded window by window (:func:`embed_file`), so one
+    very long file does not need memory for all of it. Unreadable or unusable files are
+    recorded in ``failures`` and the others are still embedded.
     """
+    limit = _max_samples(max_seconds, model.sample_rate)
     durations = []
     failures: list[tuple[str, str]] = []
     for utt, path in items:
@@ -115,18 +326,39 @@ def extract_embeddings(
         except AudioError as error:
             failures.append((utt, error.reason))
     durations.sort(key=lambda item: -item[0])
+    long = [item for item in durations if limit is not None and item[0] * model.sample_rate > limit]
+    short = durations[len(long) :]
+    jobs = [(True, [item]) for item in long] + [
+        (False, short[start : start + batch_size]) for start in range(0, len(short), batch_size)
+    ]
     ids, vectors, seconds = [], [], []
-    batches = range(0, len(durations), batch_size)
-    for start in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
+    for windowed, job in tqdm(jobs, desc="embedding", unit="batch", disable=not progress):
+        if windowed:
+            _, utt, path = job[0]
+            try:
+                vector, length = embed_file(
+                    model, path, max_seconds=max_seconds, batch_size=batch_size, device=device
+                )
+            except AudioError as error:
+                failures.append((utt, error.reason))
+                continue
+            vectors.append(vector[None])
+            ids.append(utt)
+            seconds.append(length)
+            continue
         waves, batch_ids = [], []
-        for _, utt, path in durations[start : start + batch_size]:
+        for _, utt, path in job:
             try:
                 waves.append(load_audio(path, sample_rate=model.sample_rate))
                 batch_ids.append(utt)
             except AudioError as error:
                 failures.append((utt, error.reason))
         if waves:
-            vectors.append(embed_waveforms(model, waves, batch_size=batch_size, device=device))
+            vectors.append(
+                embed_waveforms(
+                    model, waves, batch_size=batch_size, device=device, max_seconds=max_seconds
+                )
+            )
             ids.extend(batch_ids)
             seconds.extend(len(w) / model.sample_rate for w in waves)
     embeddings = (

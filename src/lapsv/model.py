@@ -8,6 +8,7 @@ needs nothing else: no hub, no original encoder directory, no pickle.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from lapsv import __version__
+from lapsv.api import SpeakerAPI, state_fingerprint
 from lapsv.backend import SpeakerBackend
 from lapsv.config import ModelConfig, dump_yaml, from_dict, load_yaml, to_dict
 from lapsv.errors import ConfigError, ModelLoadError
@@ -25,20 +27,28 @@ from lapsv.frontends import Frontend, build_frontend
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+# Weight files that are pickles (torch.save): loading one can run any code it carries.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+PICKLE_WEIGHT_FILES = ("model.pt", "model.pth", "model.bin", "pytorch_model.bin", "model.ckpt")
 
 
-class SpeakerModel(nn.Module):
+class SpeakerModel(SpeakerAPI, nn.Module):
     """A pre-trained speech encoder (frontend) + a speaker backend.
+
+    Besides the batch path below it has the Python API of :class:`~lapsv.api.SpeakerAPI`:
+    ``embed(path_or_array)``, ``verify(a, b)``, ``similarity(e1, e2)``.
 
     Args:
         frontend: produces (B, L, T, D) hidden layers from 16 kHz waveforms.
         backend: (B, L, T, D) + frame lengths -> (B, E) embeddings.
 
     Example:
-        >>> from lapsv.config import FrontendConfig
         >>> model = SpeakerModel.build(ModelConfig(), pretrained=False)  # random GE2E weights
         >>> model.embed(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
         torch.Size([2, 192])
+        >>> import numpy as np
+        >>> model.embed(np.random.default_rng(0).normal(0, 0.1, 8000), sample_rate=8000).shape
+        (192,)
     """
 
     def __init__(self, frontend: Frontend, backend: SpeakerBackend) -> None:
@@ -106,9 +116,17 @@ class SpeakerModel(nn.Module):
             self.train(was_training)
         return embeddings, weights, frame_lengths
 
-    def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Eval-mode embeddings (B, E) of zero-padded waveforms (B, N) with lengths (B,)."""
+    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Eval-mode embeddings (B, E) of zero-padded waveforms (B, N) with lengths (B,).
+
+        ``model.embed(waveforms, lengths)`` is the same call.
+        """
         return self.embed_with_layer_weights(waveforms, lengths)[0]
+
+    @property
+    def model_id(self) -> str:
+        """``lapsv-`` + a fingerprint of the config and every weight (not of file times)."""
+        return "lapsv-" + state_fingerprint(self, dump_yaml(to_dict(self.config)))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.yaml`` + ``model.safetensors`` atomically into ``directory``."""
@@ -128,11 +146,28 @@ class SpeakerModel(nn.Module):
 
     @classmethod
     def load(
-        cls, directory: str | Path, *, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        *,
+        map_location: str | torch.device = "cpu",
+        trust_pickle: bool = False,
     ) -> SpeakerModel:
-        """Load a model directory written by :meth:`save` (safetensors only, no pickle)."""
+        """Load a model directory written by :meth:`save` (safetensors, no pickle).
+
+        A directory whose weights are a pickle (``model.pt``, ``pytorch_model.bin``, ...;
+        or ``directory`` naming such a file beside ``config.yaml``) is refused unless
+        ``trust_pickle``: unpickling a file can run any code it carries.
+        """
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if directory.is_file():  # a pickle weight file beside its config.yaml
+            directory, weights_path = directory.parent, directory
+            config_path = directory / CONFIG_FILE
+        elif not weights_path.is_file():
+            pickles = [directory / n for n in PICKLE_WEIGHT_FILES if (directory / n).is_file()]
+            weights_path = pickles[0] if pickles else weights_path
+        if weights_path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+            raise _pickle_refused(weights_path)
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise ModelLoadError(
@@ -150,9 +185,57 @@ class SpeakerModel(nn.Module):
         except ConfigError as error:
             raise ModelLoadError(f"{config_path}: {error}") from error
         model = cls.build(config, pretrained=False)
-        state = safetensors.torch.load_file(str(weights_path), device=str(map_location))
+        if weights_path.suffix.lower() in PICKLE_SUFFIXES:
+            state = read_pickle_state(weights_path, trust_pickle=trust_pickle)
+        else:
+            state = safetensors.torch.load_file(str(weights_path), device=str(map_location))
         load_state_checked(model, state, source=str(weights_path))
+        from lapsv.verification import ScoringState  # imports lapsv.evaluate, which imports us
+
+        model.scoring = ScoringState.load(directory)
         return model.to(map_location).eval()
+
+
+def is_pickle_checkpoint(path: str | Path) -> bool:
+    """A ``torch.save`` / pickle file by its suffix (a TorchScript archive is not one)."""
+    path = Path(path)
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return False
+    if zipfile.is_zipfile(path):  # torch.save's zip format; TorchScript also stores code/
+        with zipfile.ZipFile(path) as archive:
+            return not any("/code/" in f"/{name}" for name in archive.namelist())
+    return True
+
+
+def read_pickle_state(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a pickle checkpoint; refused (ModelLoadError) unless ``trust_pickle``.
+
+    Accepts a state dict, a dict holding one under ``state_dict`` / ``model_state`` /
+    ``model``, or a pickled module.
+    """
+    if not trust_pickle:
+        raise _pickle_refused(path)
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ModelLoadError(f"{path}: cannot read the checkpoint ({error})") from error
+    if isinstance(value, nn.Module):
+        value = value.state_dict()
+    for key in ("state_dict", "model_state", "model"):
+        if isinstance(value, dict) and isinstance(value.get(key), dict):
+            value = value[key]
+            break
+    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise ModelLoadError(f"{path}: holds no state dict of tensors")
+    return value
+
+
+def _pickle_refused(path: str | Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: a pickle checkpoint, refused: unpickling a file runs any code stored in it. "
+        "If you trust where it comes from, pass trust_pickle=True (CLI: --trust-pickle), then "
+        "save the model once with SpeakerModel.save (safetensors) and use that"
+    )
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -11,7 +11,9 @@ from lapsv.frontends.ge2e import GE2EEncoder, GE2EFrontend
 from lapsv.frontends.hf import HFFrontend, hf_frontend_from_config
 
 
-def _ge2e(config: FrontendConfig, *, pretrained: bool) -> Frontend:
+def _ge2e(config: FrontendConfig, *, pretrained: bool, trust_pickle: bool = False) -> Frontend:
+    # resemblyzer's weights come from the installed wheel, read with torch's tensors-only
+    # unpickler (weights_only=True): no trust needed
     if pretrained:
         return GE2EFrontend.from_pretrained(freeze=config.freeze)
     return GE2EFrontend(freeze=config.freeze)
@@ -23,7 +25,9 @@ FRONTENDS: dict[str, Callable[..., Frontend]] = {
 }
 
 
-def build_frontend(config: FrontendConfig, *, pretrained: bool = True) -> Frontend:
+def build_frontend(
+    config: FrontendConfig, *, pretrained: bool = True, trust_pickle: bool = False
+) -> Frontend:
     """Build a frontend from its config.
 
     Args:
@@ -31,10 +35,11 @@ def build_frontend(config: FrontendConfig, *, pretrained: bool = True) -> Fronte
         pretrained: load pre-trained weights (GE2E from resemblyzer's wheel, HF from
             ``config.source``); False builds the recorded architecture with random
             weights, to be filled from a saved model's safetensors.
+        trust_pickle: allow a Hugging Face source whose only weights are a pickle.
     """
     if config.name not in FRONTENDS:
         raise ConfigError(f"unknown frontend '{config.name}'; choose one of {sorted(FRONTENDS)}")
-    return FRONTENDS[config.name](config, pretrained=pretrained)
+    return FRONTENDS[config.name](config, pretrained=pretrained, trust_pickle=trust_pickle)
 
 
 __all__ = [

@@ -116,9 +116,18 @@ class HFFrontend(Frontend):
 
     @classmethod
     def from_pretrained(
-        cls, source: str, *, normalize_waveform: bool | None = None, **options: Any
+        cls,
+        source: str,
+        *,
+        normalize_waveform: bool | None = None,
+        trust_pickle: bool = False,
+        **options: Any,
     ) -> HFFrontend:
-        """Pre-trained encoder from a hub id (e.g. ``microsoft/wavlm-base-plus``) or directory."""
+        """Pre-trained encoder from a hub id (e.g. ``microsoft/wavlm-base-plus``) or directory.
+
+        Weights are read from safetensors only; a source holding only pickle weights
+        (``pytorch_model.bin``) is refused unless ``trust_pickle``.
+        """
         try:
             hf_config = transformers.AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
@@ -127,7 +136,22 @@ class HFFrontend(Frontend):
                 "download it elsewhere and pass its local directory."
             ) from error
         _, model_class = _encoder_classes(hf_config.model_type, source)
-        model = model_class.from_pretrained(source, config=_prepare_hf_config(hf_config))
+        try:
+            model = model_class.from_pretrained(
+                source,
+                config=_prepare_hf_config(hf_config),
+                use_safetensors=None if trust_pickle else True,
+            )
+        except OSError as error:
+            if trust_pickle or "safetensors" not in str(error):
+                raise ModelLoadError(
+                    f"cannot load the speech encoder '{source}' ({error})"
+                ) from error
+            raise ModelLoadError(
+                f"{source}: no safetensors weights; its pickle weights (pytorch_model.bin) are "
+                "refused, as unpickling runs any code stored in the file. If you trust the "
+                "source, pass trust_pickle=True (CLI: --trust-pickle)"
+            ) from error
         if normalize_waveform is None:
             normalize_waveform = _reads_do_normalize(source)
         return cls(model, source=source, normalize_waveform=normalize_waveform, **options)
@@ -189,7 +213,9 @@ class HFFrontend(Frontend):
         )
 
 
-def hf_frontend_from_config(config: FrontendConfig, *, pretrained: bool) -> HFFrontend:
+def hf_frontend_from_config(
+    config: FrontendConfig, *, pretrained: bool, trust_pickle: bool = False
+) -> HFFrontend:
     """Build from a FrontendConfig: the recorded architecture, or the pre-trained source."""
     options = {
         "freeze": config.freeze,
@@ -207,7 +233,10 @@ def hf_frontend_from_config(config: FrontendConfig, *, pretrained: bool) -> HFFr
     if config.source is None:
         raise ModelLoadError("frontend 'hf' needs a source: a hub id or a local directory")
     return HFFrontend.from_pretrained(
-        config.source, normalize_waveform=config.normalize_waveform, **options
+        config.source,
+        normalize_waveform=config.normalize_waveform,
+        trust_pickle=trust_pickle,
+        **options,
     )
 
 

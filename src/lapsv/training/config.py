@@ -30,6 +30,14 @@ class DataConfig:
     num_workers: int = 2
     mean_utterances: int = 300  # training utterances whose mean embedding is subtracted
     cached_views: int = 0  # frozen frontend: cache K augmented views of its hidden states
+    # checked before training (lapsv.data.validate): speakers need this many usable
+    # utterances, files this many seconds (shorter than the crop but longer than this: the
+    # utterance is repeated to fill the crop) and this sample rate (null: any, resampled
+    # on every read)
+    min_utterances: int = 2
+    min_seconds: float = 0.3
+    sample_rate: int | None = 16000
+    drop_invalid: bool = False  # drop problem items and train on the rest, instead of stopping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,7 @@ class OptimConfig:
     final_lr: float = 1e-5
     warmup_fraction: float = 0.1
     weight_decay: float = 5e-5
+    weight_decay_scope: str = "weights"  # "weights": no decay on biases, norms, layer logits
     grad_clip: float = 5.0  # max gradient norm; 0 disables
 
 
@@ -72,8 +81,15 @@ class TrainConfig:
             its own classifier, optimizer, checkpoints and final model.
         init_from: output folder of a previous stage: its final model initialises this one
             (frontend and backend), and its classifier rows of the original-speed classes.
-        seed, mixed_precision ("no", "bf16", "fp16"), keep_best (average the N best
-            epochs by validation EER into the final model).
+        seed, mixed_precision ("no", "bf16", "fp16").
+        keep_best: keep the checkpoints of the N best epochs by validation EER (the last
+            N epochs without validation); ``average_best`` averages them into the final
+            model, otherwise it is the last epoch's weights.
+        keep_last: also keep the N most recent checkpoints (epoch or mid-epoch).
+        checkpoint_every_steps: also checkpoint every N optimizer steps inside an epoch
+            (0: only at epoch ends); an interrupted run resumes from the exact batch.
+        max_skipped_steps: steps with a non-finite loss or gradient are skipped; this
+            many in a row stop training (the checkpoints written so far are kept).
     """
 
     name: str = "lap_astp"
@@ -88,6 +104,10 @@ class TrainConfig:
     mixed_precision: str = "no"
     keep_best: int = 3
     validate_every: int = 1
+    average_best: bool = True
+    keep_last: int = 1
+    checkpoint_every_steps: int = 0
+    max_skipped_steps: int = 10
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -63,6 +63,9 @@ class FrozenFeatureCache:
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate_crops,
+            # its own generator: computing a view never draws from the global one, which a
+            # resumed run has restored (its dropout must match the uninterrupted run's)
+            generator=torch.Generator().manual_seed(self.seed),
         )
         features, frame_lengths, labels = [], [], []
         description = f"frontend features, view {view + 1}/{self.views}"
@@ -78,14 +81,18 @@ class FrozenFeatureCache:
             labels.append(batch_labels)
         return torch.cat(features), torch.cat(frame_lengths), torch.cat(labels)
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Shuffled full batches of view ``epoch % K`` (computed on first use)."""
+    def batches(
+        self, epoch: int, *, skip: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Shuffled full batches of view ``epoch % K`` (computed on first use), from the
+        ``skip``-th on (resuming mid-epoch)."""
         view = epoch % self.views
         if view not in self.store:
             self.store[view] = self._compute(view)
         features, frame_lengths, labels = self.store[view]
         order = np.random.default_rng((self.seed, epoch, 104729)).permutation(len(labels))
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+        first = skip * self.batch_size
+        for start in range(first, len(order) - self.batch_size + 1, self.batch_size):
             rows = torch.from_numpy(order[start : start + self.batch_size])
             yield (
                 features[rows].to(self.device, torch.float32),

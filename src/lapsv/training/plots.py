@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lapsv.files import atomic_path
+
 
 def plot_training_curves(metrics_csv: Path, path: Path) -> None:
     """Loss, accuracy and validation EER per epoch for every system, as one PNG."""
@@ -36,7 +38,6 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> None:
         axis.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend()
     figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)
-    tmp.replace(path)

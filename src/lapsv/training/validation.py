@@ -30,13 +30,18 @@ class Validator:
         self.batch_size = batch_size
 
     @classmethod
-    def from_config(cls, data: DataConfig, train_manifest: Manifest) -> Validator | None:
+    def from_config(
+        cls, data: DataConfig, train_manifest: Manifest, val_manifest: Manifest | None = None
+    ) -> Validator | None:
+        """None without validation data; ``val_manifest``: already read (and checked)."""
         if not data.val_manifest or not data.val_trials:
             return None
         rng = np.random.default_rng(0)
         chosen = rng.permutation(len(train_manifest))[: data.mean_utterances]
         subset = Manifest(train_manifest.root, tuple(train_manifest.utterances[i] for i in chosen))
-        return cls(read_manifest(data.val_manifest), data.val_trials, subset)
+        if val_manifest is None:
+            val_manifest = read_manifest(data.val_manifest)
+        return cls(val_manifest, data.val_trials, subset)
 
     def evaluate(
         self, frontend: Frontend, backends: dict[str, SpeakerBackend], device: torch.device | str

@@ -1,0 +1,411 @@
+"""Export a speaker model to ONNX or TorchScript, check it, and run exported files.
+
+The exported graph maps ``waveforms`` (B, N) float32 zero-padded 16 kHz samples and
+``lengths`` (B,) int64 valid samples to ``embeddings`` (B, E) float32: batch and time are
+dynamic axes. It is the model's raw embedding, exactly what ``model.embed(waveforms,
+lengths)`` gives (scoring, windowing of long files and audio decoding stay in Python).
+
+How it is exported:
+
+* ONNX uses PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``,
+  opset 17). Checked with torch 2.13: it gives correct dynamic batch and time axes in about
+  2 s; the torch.export-based exporter (``dynamo=True``) also works but needs the extra
+  ``onnxscript`` package and took about 160 s for the same model. Two operators need help:
+  the mel spectrogram's ``torch.stft`` (complex output, not exportable) is computed as a
+  convolution with the same windowed DFT basis (:class:`DFTMelSpectrogram`, equal to about
+  1e-6 of the largest mel value), and LAP's ``aten::addmv`` gets an ONNX symbolic.
+* TorchScript is a trace (``torch.jit.trace``; PyTorch marks it deprecated, ONNX is the
+  portable choice).
+* The built-in ``ge2e`` model's partial-window rule (resemblyzer's, Python lists in
+  :meth:`GE2EEncoder.embed`) is rewritten with tensor operations in :class:`GE2EGraph`.
+
+Metadata travels inside the file (ONNX ``metadata_props`` / TorchScript extra file): the
+source model's id (so a speaker database enrolled with the PyTorch model accepts the
+exported one, and vice versa), embedding size, sample rate, and the scoring state (training
+mean, AS-norm cohort, QMF calibration), so ``lapsv verify model.onnx a.wav b.wav`` gives the
+same scores and decision as the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lapsv import __version__
+from lapsv.api import SpeakerAPI
+from lapsv.errors import ConfigError, ModelLoadError
+from lapsv.files import atomic_path
+from lapsv.frontends.features import MelSpectrogram
+from lapsv.frontends.ge2e import HOP, PARTIAL_FRAMES, SAMPLE_RATE, GE2EEncoder
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+METADATA_FORMAT = "lapsv-export"
+METADATA_VERSION = 1
+EXTRA_FILE = "lapsv.json"  # TorchScript: the metadata as one JSON extra file
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
+CHECK_SECONDS = (1.0, 3.0, 10.0)
+TOLERANCE = 1e-4
+
+
+class DFTMelSpectrogram(nn.Module):
+    """:class:`MelSpectrogram` computed as a strided convolution with the windowed DFT basis.
+
+    ONNX cannot carry ``torch.stft``'s complex output; a real and an imaginary basis row per
+    frequency bin give the same power spectrum (``center=True``, zero padding) with plain
+    Conv1d, so the graph exports with any exporter and runs on any ONNX runtime.
+
+    >>> mel = MelSpectrogram(16000, n_fft=400, hop=160, n_mels=40)
+    >>> x = torch.randn(2, 16000)
+    >>> bool((DFTMelSpectrogram(mel)(x) - mel(x)).abs().max() < 1e-4 * mel(x).abs().max())
+    True
+    """
+
+    def __init__(self, mel: MelSpectrogram) -> None:
+        super().__init__()
+        self.n_fft, self.hop = mel.n_fft, mel.hop
+        self.n_bins = mel.n_fft // 2 + 1
+        bins = torch.arange(self.n_bins, dtype=torch.float64)[:, None]
+        samples = torch.arange(self.n_fft, dtype=torch.float64)[None, :]
+        angle = 2 * math.pi * bins * samples / self.n_fft
+        window = mel.window.to(torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        self.register_buffer("filters", mel.filters.detach().clone(), persistent=False)
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return 1 + sample_lengths // self.hop
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (B, 1 + N // hop, n_mels) mel power."""
+        half = self.n_fft // 2
+        padded = F.pad(waveforms.float()[:, None, :], (half, half))
+        spectrum = F.conv1d(padded, self.basis, stride=self.hop)  # (B, 2F, T)
+        real, imag = spectrum[:, : self.n_bins], spectrum[:, self.n_bins :]
+        power = real * real + imag * imag
+        return torch.matmul(self.filters, power).transpose(1, 2)
+
+
+class GE2EGraph(nn.Module):
+    """:meth:`GE2EEncoder.embed` with tensor operations only (traceable, dynamic lengths).
+
+    Every item's mel frames are cut into all 1.6 s windows a padded batch allows (one
+    gather); the windows of resemblyzer's rule (:func:`~lapsv.frontends.ge2e.partial_windows`)
+    are selected by a mask computed from the lengths, and their embeddings averaged.
+    """
+
+    def __init__(
+        self, encoder: GE2EEncoder, *, rate: float = 1.3, min_coverage: float = 0.75
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.step = round((SAMPLE_RATE / rate) / HOP)
+        self.min_covered = math.ceil(min_coverage * PARTIAL_FRAMES * HOP)  # samples
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        step, size = self.step, PARTIAL_FRAMES
+        lengths = lengths.long()
+        n_frames = (lengths + HOP) // HOP  # ceil((n + 1) / hop)
+        stop = torch.clamp(n_frames - size + step + 1, min=1)
+        count = (stop + step - 1) // step
+        covered = lengths - (count - 1) * step * HOP
+        count = torch.where((covered < self.min_covered) & (count > 1), count - 1, count)
+        mels = self.encoder.frontend.mel(F.pad(waveforms, (0, size * HOP)))  # (B, T, M)
+        n_windows = (mels.shape[1] - size) // step + 1
+        starts = torch.arange(n_windows, device=mels.device) * step
+        index = starts[:, None] + torch.arange(size, device=mels.device)[None, :]
+        windows = mels[:, index]  # (B, W, size, M)
+        flat = windows.reshape(-1, size, mels.shape[2])
+        embeddings = self.encoder.embed_windows(flat).reshape(windows.shape[0], n_windows, -1)
+        valid = torch.arange(n_windows, device=mels.device)[None, :] < count[:, None]
+        sums = (embeddings * valid.unsqueeze(-1).to(embeddings.dtype)).sum(dim=1)
+        return F.normalize(sums, dim=-1)
+
+
+class EmbeddingGraph(nn.Module):
+    """(waveforms (B, N), lengths (B,)) -> raw embeddings (B, E): what gets exported."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if isinstance(model, GE2EEncoder):
+            self.net: nn.Module = GE2EGraph(model)
+        elif hasattr(model, "frontend") and hasattr(model, "backend"):
+            self.net = model
+        else:
+            raise ConfigError(f"cannot export a {type(model).__name__}: not a lapsv model")
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(waveforms, lengths)
+
+
+def _replace_mel(module: nn.Module) -> None:
+    """Swap every :class:`MelSpectrogram` inside ``module`` for :class:`DFTMelSpectrogram`."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, MelSpectrogram):
+            setattr(module, name, DFTMelSpectrogram(child))
+        else:
+            _replace_mel(child)
+
+
+def _addmv_symbolic(g, bias, matrix, vector, beta, alpha):
+    """ONNX for ``torch.addmv(bias, matrix, vector)`` with beta = alpha = 1 (LAP's use)."""
+    from torch.onnx import symbolic_helper
+
+    if symbolic_helper._maybe_get_const(beta, "f") != 1 or (
+        symbolic_helper._maybe_get_const(alpha, "f") != 1
+    ):
+        return symbolic_helper._unimplemented("addmv", "beta or alpha other than 1", bias)
+    return g.op("Add", bias, g.op("MatMul", matrix, vector))
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporters' advice that does not apply here (all checked by parity)."""
+    with warnings.catch_warnings():
+        for category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        with contextlib.suppress(AttributeError):
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
+def _example_inputs(sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two items of different lengths, so nothing is specialised to one length or batch."""
+    generator = torch.Generator().manual_seed(0)
+    waveforms = 0.1 * torch.randn(2, 2 * sample_rate, generator=generator)
+    lengths = torch.tensor([2 * sample_rate, sample_rate + sample_rate // 3])
+    waveforms[1, lengths[1] :] = 0
+    return waveforms, lengths
+
+
+def model_metadata(model: SpeakerAPI, source: str) -> dict[str, str]:
+    """What an exported file records about its model (strings only)."""
+    metadata = {
+        "lapsv.format": METADATA_FORMAT,
+        "lapsv.format_version": str(METADATA_VERSION),
+        "lapsv.version": __version__,
+        "lapsv.source": source,
+        "lapsv.model_id": model.model_id,
+        "lapsv.embed_dim": str(model.embed_dim),
+        "lapsv.sample_rate": str(model.sample_rate),
+    }
+    metadata.update(model.scoring.to_metadata())
+    return metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """path: the file; max_abs_diff: seconds of input -> max |exported - PyTorch| (checked)."""
+
+    path: Path
+    format: str
+    max_abs_diff: dict[float, float]
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values(), default=0.0)
+
+
+def export_model(
+    model: SpeakerAPI,
+    out: str | Path,
+    *,
+    format: str = "onnx",
+    source: str = "",
+    check_seconds: Sequence[float] = CHECK_SECONDS,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Export ``model`` (a loaded SpeakerModel or the built-in ge2e) to ``out``, atomically.
+
+    After writing, the file is loaded back and run on random inputs of ``check_seconds``
+    (and one padded batch of them); a difference above ``tolerance`` to the PyTorch model
+    removes nothing but raises :class:`~lapsv.errors.ModelLoadError` naming the figures.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {FORMATS}, not {format!r}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{source or model}: already exported; export the PyTorch model")
+    out = Path(out)
+    suffixes = SUFFIXES[format]
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{out}: a {format} file must end with {' or '.join(suffixes)}")
+    graph = EmbeddingGraph(copy.deepcopy(model).cpu().eval()).eval()
+    if format == "onnx":
+        _replace_mel(graph)
+    metadata = model_metadata(model, source)
+    example = _example_inputs(model.sample_rate)
+    with atomic_path(out) as tmp, torch.no_grad(), _quiet_export():
+        if format == "onnx":
+            _export_onnx(graph, example, tmp, metadata)
+        else:
+            traced = torch.jit.trace(graph, example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: json.dumps(metadata)})
+    diffs = compare_with_export(model, out, seconds=check_seconds)
+    result = ExportResult(out, format, diffs)
+    if result.worst > tolerance:
+        raise ModelLoadError(
+            f"{out}: the exported model differs from PyTorch by {result.worst:.2e} (> "
+            f"{tolerance:g}); per input: {diffs}"
+        )
+    return result
+
+
+def _export_onnx(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, torch.Tensor],
+    path: Path,
+    metadata: dict[str, str],
+) -> None:
+    try:
+        import onnx
+    except ImportError as error:
+        raise ModelLoadError(
+            "ONNX export needs the onnx package: pip install 'lapsv[export]'"
+        ) from error
+    from torch.onnx import register_custom_op_symbolic
+
+    register_custom_op_symbolic("aten::addmv", _addmv_symbolic, ONNX_OPSET)
+    torch.onnx.export(
+        graph,
+        example,
+        str(path),
+        dynamo=False,
+        opset_version=ONNX_OPSET,
+        input_names=["waveforms", "lengths"],
+        output_names=["embeddings"],
+        dynamic_axes={
+            "waveforms": {0: "batch", 1: "samples"},
+            "lengths": {0: "batch"},
+            "embeddings": {0: "batch"},
+        },
+    )
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def compare_with_export(
+    model: SpeakerAPI, path: str | Path, *, seconds: Sequence[float] = CHECK_SECONDS
+) -> dict[float, float]:
+    """Max |exported - PyTorch| embedding difference for random inputs of ``seconds`` each,
+    and (key 0.0) for one zero-padded batch of all of them."""
+    exported = ExportedModel.load(path)
+    rate = model.sample_rate
+    generator = torch.Generator().manual_seed(1)
+    waves = [0.1 * torch.randn(int(s * rate), generator=generator) for s in seconds]
+    diffs: dict[float, float] = {}
+    device = model.device
+    with torch.no_grad():
+        for s, wave in zip(seconds, waves, strict=True):
+            lengths = torch.tensor([wave.numel()])
+            ours = model.embed_batch(wave[None].to(device), lengths.to(device)).float().cpu()
+            theirs = exported.embed_batch(wave[None], lengths)
+            diffs[float(s)] = float((ours - theirs).abs().max())
+        if len(waves) > 1:
+            from lapsv.audio import pad_batch
+
+            batch, lengths = pad_batch([w.numpy() for w in waves])
+            ours = model.embed_batch(batch.to(device), lengths.to(device)).float().cpu()
+            diffs[0.0] = float((ours - exported.embed_batch(batch, lengths)).abs().max())
+    return diffs
+
+
+class ExportedModel(SpeakerAPI):
+    """A file written by :func:`export_model`, with lapsv's Python API.
+
+    ONNX files run with onnxruntime (CPU), TorchScript files with ``torch.jit.load``;
+    :func:`lapsv.load_model` returns one of these for ``.onnx`` / ``.pt`` / ``.ts`` paths.
+    """
+
+    def __init__(self, path: Path, runner, metadata: dict[str, str], kind: str) -> None:
+        from lapsv.verification import ScoringState
+
+        if metadata.get("lapsv.format") != METADATA_FORMAT:
+            raise ModelLoadError(f"{path}: not a model exported by lapsv (no lapsv metadata)")
+        if int(metadata.get("lapsv.format_version", 0)) > METADATA_VERSION:
+            raise ModelLoadError(f"{path}: exported by a newer lapsv; upgrade lapsv")
+        self.path, self.kind, self.metadata = path, kind, metadata
+        self._runner = runner
+        self.embed_dim = int(metadata["lapsv.embed_dim"])
+        self.sample_rate = int(metadata["lapsv.sample_rate"])
+        self.scoring = ScoringState.from_metadata(metadata)
+
+    @property
+    def model_id(self) -> str:
+        """The id of the model it was exported from (same embeddings within 1e-4)."""
+        return self.metadata["lapsv.model_id"]
+
+    @property
+    def source(self) -> str:
+        """What it was exported from (the MODEL argument of ``lapsv export``)."""
+        return self.metadata.get("lapsv.source", "")
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ExportedModel:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.suffix.lower() == ".onnx":
+            try:
+                import onnxruntime
+            except ImportError as error:
+                raise ModelLoadError(
+                    "running an .onnx model needs onnxruntime: pip install 'lapsv[export]'"
+                ) from error
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            try:
+                session = onnxruntime.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as error:  # onnxruntime raises its own untyped errors
+                raise ModelLoadError(f"{path}: cannot load ONNX model ({error})") from error
+            metadata = dict(session.get_modelmeta().custom_metadata_map)
+            return cls(path, session, metadata, "onnx")
+        extra = {EXTRA_FILE: ""}
+        try:
+            with _quiet_export():
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as error:  # torch.jit raises RuntimeError and others
+            raise ModelLoadError(f"{path}: cannot load TorchScript model ({error})") from error
+        try:
+            metadata = json.loads(extra[EXTRA_FILE] or "{}")
+        except ValueError as error:
+            raise ModelLoadError(f"{path}: unreadable lapsv metadata ({error})") from error
+        model = cls(path, module.eval(), metadata, "torchscript")
+        model._device = torch.device(device)
+        return model
+
+    _device = torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, N) zero-padded waveforms, (B,) lengths -> (B, E) float32 CPU tensor."""
+        if self.kind == "onnx":
+            feeds = {
+                "waveforms": np.ascontiguousarray(waveforms.detach().cpu().numpy(), np.float32),
+                "lengths": np.ascontiguousarray(lengths.detach().cpu().numpy(), np.int64),
+            }
+            return torch.from_numpy(self._runner.run(["embeddings"], feeds)[0])
+        with torch.no_grad():
+            output = self._runner(
+                waveforms.to(self._device, torch.float32), lengths.to(self._device, torch.long)
+            )
+        return output.float().cpu()
