@@ -201,17 +201,22 @@ def test_prepare_waveform_of_any_array(samples, rate):
     assert wave.dtype == np.float32 and wave.ndim == 1 and np.isfinite(wave).all()
 
 
+def load_with_peak_memory(path: Path) -> tuple[np.ndarray, int]:
+    """load_audio(path) and the peak bytes Python allocated while it ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        wave = load_audio(path)
+        return wave, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_decoding_memory_is_one_mono_copy_whatever_the_channels(scratch):
     """8 channels of 48 kHz for a minute: the loader never holds all channels at once."""
     path = scratch / "eight.flac"
     soundfile.write(path, voice(60.0, 48_000, 8).astype(np.float32), 48_000, subtype="PCM_16")
     all_channels = 60 * 48_000 * 8 * 4  # what decoding the whole file at once would take
-    tracemalloc.start()
-    try:
-        wave = load_audio(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    wave, peak = load_with_peak_memory(path)
     assert len(wave) == 60 * SAMPLE_RATE
     assert peak < all_channels / 2, f"{peak / 1e6:.0f} MB peak for {all_channels / 1e6:.0f} MB"
 
@@ -238,12 +243,7 @@ def test_a_one_hour_file_loads_in_bounded_memory_and_embeds(scratch, ge2e):
         for _ in range(6):
             handle.write(piece)
     assert soundfile.info(str(path)).duration == 3600.0
-    tracemalloc.start()
-    try:
-        wave = load_audio(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    wave, peak = load_with_peak_memory(path)
     assert len(wave) == 3600 * rate and np.isfinite(wave).all()
     assert peak < 3 * len(wave) * 4  # a few copies of the mono float32 waveform
     del wave
