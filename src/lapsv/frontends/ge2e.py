@@ -199,7 +199,9 @@ class GE2EEncoder(nn.Module):
                 for start in s
             ]
         )
-        owners = torch.tensor([item for item, s in enumerate(starts) for _ in s])
+        owners = torch.tensor(
+            [item for item, s in enumerate(starts) for _ in s], device=mels.device
+        )
         window_embeddings = self.embed_windows(windows)
         sums = window_embeddings.new_zeros(len(starts), self.embed_dim)
         sums.index_add_(0, owners, window_embeddings)

@@ -14,22 +14,33 @@ utterance gives the same hidden states alone or in a batch:
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
 
 from lapsv.config import FrontendConfig
 from lapsv.errors import ModelLoadError
 from lapsv.frontends.base import Frontend, FrontendOutput
 
-# model_type -> (config class, model class). HuBERT really is HuBERT here.
-HF_ENCODERS: dict[str, tuple[type, type]] = {
-    "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
-    "hubert": (transformers.HubertConfig, transformers.HubertModel),
-    "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
-    "data2vec-audio": (transformers.Data2VecAudioConfig, transformers.Data2VecAudioModel),
+if TYPE_CHECKING:
+    import transformers
+
+# model_type -> (config class, model class) in transformers. HuBERT really is HuBERT here.
+# Named, not imported: importing transformers' models costs seconds at every CLI start,
+# so it happens only when a Hugging Face frontend is built.
+HF_ENCODERS: dict[str, tuple[str, str]] = {
+    "wavlm": ("WavLMConfig", "WavLMModel"),
+    "hubert": ("HubertConfig", "HubertModel"),
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
+    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel"),
 }
+
+
+def _transformers() -> ModuleType:
+    """The transformers package, imported on first use."""
+    return importlib.import_module("transformers")
 
 
 def _encoder_classes(model_type: str, source: str) -> tuple[type, type]:
@@ -38,7 +49,9 @@ def _encoder_classes(model_type: str, source: str) -> tuple[type, type]:
             f"{source}: model type '{model_type}' is not a supported speech encoder; "
             f"supported: {', '.join(HF_ENCODERS)}"
         )
-    return HF_ENCODERS[model_type]
+    library = _transformers()
+    config_class, model_class = HF_ENCODERS[model_type]
+    return getattr(library, config_class), getattr(library, model_class)
 
 
 def _prepare_hf_config(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
@@ -65,6 +78,7 @@ class HFFrontend(Frontend):
         normalize_waveform: per-utterance zero-mean unit-variance over valid samples.
 
     Example:
+        >>> import transformers
         >>> config = transformers.WavLMConfig(hidden_size=32, num_hidden_layers=2,
         ...     num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
         ...     conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
@@ -129,7 +143,7 @@ class HFFrontend(Frontend):
         (``pytorch_model.bin``) is refused unless ``trust_pickle``.
         """
         try:
-            hf_config = transformers.AutoConfig.from_pretrained(source)
+            hf_config = _transformers().AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"cannot load the speech encoder '{source}' ({error}). Without network access, "
@@ -252,7 +266,7 @@ def _enable_activation_checkpointing(model: transformers.PreTrainedModel) -> Non
 def _reads_do_normalize(source: str) -> bool:
     """The source's feature-extractor choice of waveform normalisation (False if absent)."""
     try:
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(source)
+        extractor = _transformers().AutoFeatureExtractor.from_pretrained(source)
     except (OSError, ValueError):
         return False
     return bool(getattr(extractor, "do_normalize", False))
