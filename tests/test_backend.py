@@ -134,3 +134,25 @@ def test_lap_identity_init_starts_from_the_frontend_features():
     assert not torch.equal(default.network.aggregation.in_proj.weight, torch.eye(32))
     with pytest.raises(ValueError, match="lap_init"):
         build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_init="zeros")
+
+
+def test_astp_attention_equals_its_definition_on_the_global_context():
+    """The attention sees cat([x, mean, std]) (B, 3C, T) (METHOD.md §3); the pooling
+    applies the mean/std columns once per utterance instead, with the same logits."""
+    from lapsv.layers.masking import frame_mask, masked_mean_std
+    from lapsv.layers.pooling import AttentiveStatisticsPooling
+
+    torch.manual_seed(0)
+    pool = AttentiveStatisticsPooling(16, bottleneck=8)
+    with torch.no_grad():
+        pool.attention[0].bias.normal_()
+    lengths = torch.tensor([30, 17, 5])
+    mask = frame_mask(lengths, 30).unsqueeze(1)
+    x = torch.randn(3, 16, 30).masked_fill(~mask, 0.0)
+    mean, std = masked_mean_std(x, mask)
+    context = torch.cat([x, mean.expand(-1, -1, 30), std.expand(-1, -1, 30)], dim=1)
+    for mode in (True, False):
+        pool.train(mode)
+        torch.testing.assert_close(
+            pool._attention_logits(x, mean, std), pool.attention(context), rtol=1e-5, atol=1e-5
+        )

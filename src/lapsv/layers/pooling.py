@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lapsv.layers.masking import frame_mask, masked_mean_std, masked_softmax
@@ -35,14 +36,29 @@ class AttentiveStatisticsPooling(nn.Module):
             nn.Conv1d(bottleneck, in_dim, kernel_size=1),
         )
 
+    def _attention_logits(
+        self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> torch.Tensor:
+        """``attention(cat([x, mean, std]))`` with mean and std (B, C, 1) broadcast over T.
+
+        The (B, 3C, T) context is never built: in the first 1x1 convolution the mean and
+        std columns act on per-utterance constants, so they are applied once per utterance
+        and added as a bias, not once per frame. Same result up to float rounding, with a
+        third of that convolution's FLOPs (forward and backward).
+        """
+        first = self.attention[0]
+        weight = first.weight.squeeze(-1)  # (bottleneck, 3C)
+        statistics = torch.cat([mean, std], dim=1).squeeze(-1)  # (B, 2C)
+        per_utterance = torch.addmm(first.bias, statistics, weight[:, self.in_dim :].t())
+        hidden = F.conv1d(x, first.weight[:, : self.in_dim]) + per_utterance.unsqueeze(-1)
+        return self.attention[1:](hidden)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, C, T), lengths (B,) -> (B, 2C) attentive [mean, std]."""
         frames = x.shape[-1]
         mask = frame_mask(lengths, frames).unsqueeze(1)  # (B, 1, T)
         x = x.masked_fill(~mask, 0.0)
-        mean, std = masked_mean_std(x, mask)
-        context = torch.cat([x, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
-        logits = self.attention(context)
+        logits = self._attention_logits(x, *masked_mean_std(x, mask))
         attention_mask = mask
         if self.training and self.frame_dropout > 0:
             kept = mask & (torch.rand_like(mask, dtype=x.dtype) >= self.frame_dropout)
