@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import transformers
+
+from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
+from lapsv.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,6 +41,45 @@ def tiny_hf_config(model_type: str, feat_extract_norm: str = "layer"):
         options.pop("feat_extract_norm")
         options.update(num_conv_pos_embeddings=2, conv_pos_kernel_size=3)
     return config_classes[model_type](**options)
+
+
+def tiny_train_config(
+    corpus: dict[str, Path],
+    *,
+    data: dict[str, Any] | None = None,
+    **changes: Any,
+) -> TrainConfig:
+    """Stage 1 of LAP + ASTP and SUPERB + ASTP (same run) on a tiny random WavLM.
+
+    ``corpus`` holds the train / val manifests and val trials (``synthetic.make_corpus``)
+    and optionally MUSAN / RIR folders; ``data`` changes fields of the data section,
+    ``changes`` replace any other TrainConfig field.
+    """
+    config = TrainConfig(
+        name="lap_astp",
+        model=ModelConfig(
+            frontend=FrontendConfig(
+                name="hf", hf_config=tiny_hf_config("wavlm").to_dict(), freeze=True
+            ),
+            backend=BackendConfig(lap_heads=4, lap_out_dim=32, embed_dim=16),
+        ),
+        compare={"superb_astp": {"aggregation": "superb"}},
+        data=DataConfig(
+            train_manifest=str(corpus["train"]),
+            val_manifest=str(corpus["val"]),
+            val_trials=str(corpus["val_trials"]),
+            crop_seconds=0.5,
+            musan=str(corpus["musan"]) if "musan" in corpus else None,
+            rirs=str(corpus["rirs"]) if "rirs" in corpus else None,
+            num_workers=0,
+            mean_utterances=6,
+        ),
+        optim=OptimConfig(epochs=3, batch_size=12, lr=5e-3, final_lr=1e-4),
+        loss=LossConfig(margin_ramp_epochs=2),
+        keep_best=2,
+    )
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, **(data or {})))
+    return dataclasses.replace(config, **changes)
 
 
 def assert_padding_invariant(embed, waves, *, atol: float = 1e-4) -> None:

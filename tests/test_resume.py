@@ -22,10 +22,10 @@ import safetensors.torch
 import soundfile
 import torch
 
-from conftest import tiny_hf_config
-from lapsv.config import BackendConfig, FrontendConfig, ModelConfig, dump_yaml, to_dict
+from conftest import tiny_train_config
+from lapsv.config import dump_yaml, to_dict
 from lapsv.training.checkpoint import average_states
-from lapsv.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
+from lapsv.training.config import OptimConfig
 from lapsv.training.faults import FAILPOINT_ENV
 from lapsv.training.state import load_tree
 from synthetic import make_corpus
@@ -44,27 +44,9 @@ def tiny_recipe(root: Path) -> Path:
     noise.mkdir(parents=True)
     rng = np.random.default_rng(0)
     soundfile.write(noise / "n.wav", (0.1 * rng.normal(size=16000)).astype("float32"), 16000)
-    config = TrainConfig(
-        name="lap_astp",
-        model=ModelConfig(
-            frontend=FrontendConfig(
-                name="hf", hf_config=tiny_hf_config("wavlm").to_dict(), freeze=True
-            ),
-            backend=BackendConfig(lap_heads=4, lap_out_dim=32, embed_dim=16),
-        ),
-        compare={"superb_astp": {"aggregation": "superb"}},
-        data=DataConfig(
-            train_manifest=str(corpus["train"]),
-            val_manifest=str(corpus["val"]),
-            val_trials=str(corpus["val_trials"]),
-            crop_seconds=0.5,
-            musan=str(root / "musan"),
-            num_workers=0,
-            mean_utterances=6,
-        ),
+    config = tiny_train_config(
+        {**corpus, "musan": root / "musan"},
         optim=OptimConfig(epochs=EPOCHS, batch_size=4, grad_accum=2, lr=5e-3, final_lr=1e-4),
-        loss=LossConfig(margin_ramp_epochs=2),
-        keep_best=2,
         checkpoint_every_steps=CHECKPOINT_EVERY,
     )
     path = root / "recipe.yaml"

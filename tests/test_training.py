@@ -11,13 +11,13 @@ import soundfile
 import torch
 
 import lapsv
-from conftest import tiny_hf_config
-from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
+from conftest import tiny_train_config
+from lapsv.config import FrontendConfig, ModelConfig
 from lapsv.data.dataset import CropConfig, CropDataset, SpeakerBalancedSampler
 from lapsv.data.manifest import read_manifest
 from lapsv.errors import ConfigError
 from lapsv.training import train
-from lapsv.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
+from lapsv.training.config import LossConfig, OptimConfig, TrainConfig
 from synthetic import make_corpus
 
 
@@ -39,30 +39,7 @@ def corpus(tmp_path_factory):
 
 
 def stage_config(corpus, **changes) -> TrainConfig:
-    hf = tiny_hf_config("wavlm").to_dict()
-    base = TrainConfig(
-        name="lap_astp",
-        model=ModelConfig(
-            frontend=FrontendConfig(name="hf", hf_config=hf, freeze=True),
-            backend=BackendConfig(lap_heads=4, lap_out_dim=32, embed_dim=16),
-        ),
-        compare={"superb_astp": {"aggregation": "superb"}},
-        data=DataConfig(
-            train_manifest=str(corpus["train"]),
-            val_manifest=str(corpus["val"]),
-            val_trials=str(corpus["val_trials"]),
-            crop_seconds=0.5,
-            speed_perturb=True,
-            musan=str(corpus["musan"]),
-            rirs=str(corpus["rirs"]),
-            num_workers=0,
-            mean_utterances=6,
-        ),
-        optim=OptimConfig(epochs=3, batch_size=12, lr=5e-3, final_lr=1e-4),
-        loss=LossConfig(margin_ramp_epochs=2),
-        keep_best=2,
-    )
-    return dataclasses.replace(base, **changes)
+    return tiny_train_config(corpus, data={"speed_perturb": True}, **changes)
 
 
 def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
