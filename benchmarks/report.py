@@ -189,16 +189,18 @@ def _inference_targets(result: dict | None, gpu: bool, machine: dict) -> list[di
     else:
         by_threads = ge2e.get("bucketed_x_real_time_by_threads", {})
         speed = max([ge2e["bucketed_x_real_time"], *by_threads.values()])
-        notes = "" if speed >= 100 else _top_op_note(ge2e.get("profile_top_ops"))
+        parts = [] if speed >= 100 else [_top_op_note(ge2e.get("profile_top_ops"))]
         if "achieved_gflops" in ge2e:
-            notes += (
-                f"; {ge2e['lstm_gflop_per_audio_second']:.2f} GFLOP of LSTM per audio second "
+            parts.append(
+                f"{ge2e['lstm_gflop_per_audio_second']:.2f} GFLOP of LSTM per audio second "
                 f"(overlapping 1.6 s windows), run at {ge2e['achieved_gflops']:.0f} GFLOP/s"
             )
         if by_threads:
-            notes += "; x real time by torch threads: " + ", ".join(
-                f"{n}: {v:.0f}" for n, v in by_threads.items()
+            parts.append(
+                "x real time by torch threads: "
+                + ", ".join(f"{n}: {v:.0f}" for n, v in by_threads.items())
             )
+        notes = "; ".join(part for part in parts if part)
         if cores != 2:
             notes = f"measured on {cores} cores. " + notes
         ge2e_row = _target(
