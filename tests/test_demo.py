@@ -53,6 +53,12 @@ def test_demo_writes_the_report_with_every_system(demo_out):
         assert f"| {system} + mean sub. |" in report
     assert "| LAP + ASTP + AS-norm + QMF |" in report
     assert "| LAP + ASTP, stage 2 + mean sub. |" in report  # joint fine-tuning fitted the budget
+    before = result.results["LAP + ASTP + mean sub."]["eer"]
+    after = result.results["LAP + ASTP, stage 2 + mean sub."]["eer"]
+    verdict = "it helps" if after < before else "it does not help"
+    assert f"EER with mean subtraction {before:.2f} -> {after:.2f} %, so on this run {verdict}" in (
+        report.replace("\n", " ")
+    )
     for picture in ("det.png", "layers.png", "stage1/curves.png"):
         assert (demo_out / picture).stat().st_size > 10_000
     model = load_model(demo_out / "stage1" / "lap_astp" / "model")

@@ -233,6 +233,20 @@ def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def _stage2_sentence(results: dict[str, dict[str, Any]], epochs: int) -> str:
+    """Whether stage 2 ran and, if so, whether it helped LAP + ASTP (mean-subtracted EER)."""
+    before = results["LAP + ASTP + mean sub."]["eer"]
+    after = results.get("LAP + ASTP, stage 2 + mean sub.", {}).get("eer")
+    if after is None:
+        return "Stage 2 (joint fine-tuning of the GE2E layers) was skipped: no time left."
+    verdict = "it helps" if after < before else "it does not help"
+    return (
+        f"Stage 2 ({epochs} epochs of joint fine-tuning of the GE2E layers with LAP + ASTP, "
+        f"from stage 1): EER with mean subtraction {before:.2f} -> {after:.2f} %, so on this "
+        f"run {verdict}."
+    )
+
+
 def _write_report(out, summary, config, results, layers, seconds, budget) -> Path:
     lines = [
         "# lapsv demo report",
@@ -261,6 +275,8 @@ def _write_report(out, summary, config, results, layers, seconds, budget) -> Pat
         "speed-perturbation classes and live noise/music/babble/reverberation; the final "
         "model of each system averages its best epochs by validation EER (held-out "
         "training speakers, never the test trials).",
+        "",
+        _stage2_sentence(results, stage2_config(config, out / "stage1").optim.epochs),
         "",
         "![DET curves](det.png)",
         "",
