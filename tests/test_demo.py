@@ -64,5 +64,15 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     model = load_model(demo_out / "stage1" / "lap_astp" / "model")
     assert model.config.backend.aggregation == "lap"
     assert (demo_out / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
-    again = run_demo(demo_out, overrides=overrides, log=lambda _: None)  # re-runnable
+    # re-runnable: finished stages are reused; a second seed adds one stage-1 run
+    again = run_demo(demo_out, overrides=overrides, seeds=2, log=lambda _: None)
     assert again.results.keys() == result.results.keys()
+    assert again.results["LAP + ASTP + mean sub."] == result.results["LAP + ASTP + mean sub."]
+    assert (demo_out / "stage1-seed1" / "lap_astp" / "model" / "model.safetensors").is_file()
+    seed_table = again.report.read_text().split("## The same stage 1 with other seeds")[1]
+    row = next(line for line in seed_table.splitlines() if line.startswith("| LAP + ASTP |"))
+    seed0, seed1, spread = (cell.strip() for cell in row.strip("|").split("|")[1:])
+    assert float(seed0) == pytest.approx(before, abs=0.005)
+    mean, sd = (float(x) for x in spread.split(" ± "))
+    assert mean == pytest.approx((float(seed0) + float(seed1)) / 2, abs=0.01)
+    assert sd == pytest.approx(abs(float(seed0) - float(seed1)) / 2**0.5, abs=0.01)

@@ -26,6 +26,7 @@ import numpy as np
 from lapsv.audio import load_audio
 from lapsv.config import FrontendConfig
 from lapsv.data.manifest import read_manifest, write_manifest
+from lapsv.errors import ConfigError
 from lapsv.evaluate import format_metrics, score_trials
 from lapsv.files import atomic_write_text
 from lapsv.inference import extract_embeddings
@@ -57,13 +58,21 @@ def run_demo(
     out: str | Path = "lapsv-demo",
     *,
     budget_minutes: float = 20.0,
+    seeds: int = 1,
     overrides: list[str] | tuple[str, ...] = (),
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo into ``out``; returns the report path and the measured metrics."""
+    """Run the demo into ``out``; returns the report path and the measured metrics.
+
+    ``seeds`` > 1 trains stage 1 again with seeds 1 .. seeds-1 (after the main run, outside
+    the time budget) and reports the spread of every system's EER over the seeds: on a
+    corpus this small the seed moves the ranking of the systems.
+    """
     from lapsv.data.demo_corpus import build_demo_corpus
     from lapsv.data.demo_noise import build_demo_noise
 
+    if seeds < 1:
+        raise ConfigError(f"seeds must be at least 1, got {seeds}")
     started = time.perf_counter()
     out = Path(out).resolve()
     cache = out / "cache"
@@ -102,14 +111,29 @@ def run_demo(
     results, det_systems = evaluate_systems(models, corpus, out / "eval", stage2=stage2, log=log)
     log(format_metrics(results))
 
+    seed_results = {config.seed: _mean_subtracted_eers(results)}
+    for extra in range(1, seeds):
+        seeded = dataclasses.replace(config, seed=config.seed + extra)
+        log(f"      stage 1 again with seed {seeded.seed} (run {extra + 1} of {seeds})")
+        seed_models = train(seeded, out / f"stage1-seed{seeded.seed}")
+        seed_eval, _ = evaluate_systems(
+            seed_models, corpus, out / f"eval-seed{seeded.seed}", others=False, log=log
+        )
+        seed_results[seeded.seed] = _mean_subtracted_eers(seed_eval)
+
     log("[5/5] plots and report")
     from lapsv.scoring.plots import plot_det
 
     plot_det(None, None, out / "det.png", systems=det_systems, title="demo test speakers")
     layer_summary = _layer_plots(models["lap_astp"], corpus, out)
     seconds = time.perf_counter() - started
-    report = _write_report(out, summary, config, results, layer_summary, seconds, budget_minutes)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    report = _write_report(
+        out, summary, config, results, layer_summary, seconds, budget_minutes, seed_results
+    )
+    atomic_write_text(
+        out / "results.json",
+        json.dumps({**results, "stage 1 EER % by seed": seed_results}, indent=1),
+    )
     log(f"report: {report}  ({seconds / 60:.1f} min)")
     return DemoResult(report, results, seconds)
 
@@ -139,12 +163,14 @@ def evaluate_systems(
     out: Path,
     *,
     stage2: Path | None = None,
+    others: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Every system with and without mean subtraction, and LAP + AS-norm + QMF.
 
     The trained systems share the frozen GE2E frontend, so one pass over the test and
-    cohort audio embeds them all; GE2E's own embedding is a separate pass.
+    cohort audio embeds them all; GE2E's own embedding is a separate pass. ``others=False``
+    evaluates the trained stage-1 systems only (no GE2E, stage 2 or AS-norm + QMF).
     """
     from lapsv.inference import SharedFrontendModel
     from lapsv.loading import load_model
@@ -168,7 +194,7 @@ def evaluate_systems(
         name: {part: embedded[part].columns(span) for part in embedded}
         for name, span in shared.columns().items()
     }
-    separate = {"ge2e": "ge2e", **({"stage2": stage2} if stage2 else {})}
+    separate = {"ge2e": "ge2e", **({"stage2": stage2} if stage2 else {})} if others else {}
     for name, model_path in separate.items():  # models with frontends of their own
         model = load_model(model_path)
         sets[name] = {
@@ -194,6 +220,8 @@ def evaluate_systems(
             if mean_subtraction:
                 det_systems[labels[name]] = (result.scores, result.trials.labels)
         log(f"      {labels[name]}: EER {results[key]['eer']:.2f} %")
+    if not others:
+        return results, det_systems
     lap = sets["lap_astp"]
     calibrated = score_trials(
         lap["test"],
@@ -247,7 +275,33 @@ def _stage2_sentence(results: dict[str, dict[str, Any]], epochs: int) -> str:
     )
 
 
-def _write_report(out, summary, config, results, layers, seconds, budget) -> Path:
+def _mean_subtracted_eers(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Stage-1 systems' EER % with mean subtraction, by system label."""
+    return {label: results[f"{label} + mean sub."]["eer"] for label in SYSTEMS.values()}
+
+
+def _seed_table(seed_results: dict[int, dict[str, float]]) -> list[str]:
+    """Markdown lines: every stage-1 system's EER (mean subtraction) per seed, mean and sd."""
+    seeds = sorted(seed_results)
+    lines = [
+        "## The same stage 1 with other seeds",
+        "",
+        "EER % with mean subtraction on the test speakers; the seed changes the crops, the "
+        "augmentation, the initialisation and the dropout draws.",
+        "",
+        "| system | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for label in SYSTEMS.values():
+        eers = np.array([seed_results[s][label] for s in seeds])
+        cells = " | ".join(f"{e:.2f}" for e in eers)
+        lines.append(f"| {label} | {cells} | {eers.mean():.2f} ± {eers.std(ddof=1):.2f} |")
+    return [*lines, ""]
+
+
+def _write_report(
+    out, summary, config, results, layers, seconds, budget, seed_results=None
+) -> Path:
     lines = [
         "# lapsv demo report",
         "",
@@ -280,6 +334,7 @@ def _write_report(out, summary, config, results, layers, seconds, budget) -> Pat
         "",
         "![DET curves](det.png)",
         "",
+        *(_seed_table(seed_results) if seed_results and len(seed_results) > 1 else []),
         "## What LAP looks at",
         "",
         f"Mean layer score per GE2E layer (1st, 2nd, 3rd LSTM layer) over {layers['utterances']} "
