@@ -131,3 +131,62 @@ def test_config_and_weights_mismatch_names_the_tensors(tmp_path):
     with pytest.raises(ModelLoadError, match="missing tensors") as error:
         load_model(folder)
     assert removed in str(error.value) and "unexpected.tensor" in str(error.value)
+
+
+def model_verbs(folder: pathlib.Path, tmp: pathlib.Path) -> dict[str, list[str]]:
+    """Every verb that loads a MODEL, with valid arguments for the bundled clips."""
+    data = pathlib.Path(__file__).parent / "data"
+    trials = tmp / "trials.txt"
+    trials.write_text("1 speaker_a_1.flac speaker_a_2.flac\n0 speaker_a_1.flac speaker_b_1.flac\n")
+    a1, b1 = str(data / "speaker_a_1.flac"), str(data / "speaker_b_1.flac")
+    db = str(tmp / "speakers.db")
+    return {
+        "verify": ["verify", str(folder), a1, b1],
+        "export": ["export", str(folder), "--format", "torchscript", "--out", str(tmp / "m.pt")],
+        "eval": [
+            "eval",
+            str(folder),
+            "--trials",
+            str(trials),
+            "--audio_root",
+            str(data),
+            "--out",
+            str(tmp / "eval"),
+        ],
+        "enroll": ["enroll", str(folder), "--db", db, "alice", a1],
+        "identify": ["identify", str(folder), "--db", db, b1],
+    }
+
+
+def test_every_model_verb_refuses_pickle_unless_trusted(pickled, tmp_path, capsys):
+    folder, marker, _ = pickled
+    for verb, argv in model_verbs(folder, tmp_path).items():
+        assert main(argv) == 2, verb
+        assert "--trust-pickle" in capsys.readouterr().err, verb
+        assert not marker.exists(), verb
+    for verb, argv in model_verbs(folder, tmp_path).items():  # enroll before identify
+        assert main([*argv, "--trust-pickle"]) == 0, verb
+    assert marker.exists()
+
+
+def test_evaluation_cache_id_follows_the_weight_files(pickled, tmp_path):
+    """The embedding cache's model id needs no loading; it changes when the weights do,
+    for safetensors or pickle directories and single files alike."""
+    import os
+
+    from lapsv.evaluate import model_id
+
+    folder, marker, model = pickled
+    pickle_id = model_id(folder)
+    safe = model.save(tmp_path / "safe")
+    safe_id = model_id(safe)
+    assert len({pickle_id, safe_id, model_id("ge2e")}) == 3 and model_id("ge2e") == "ge2e"
+    weights = safe / "model.safetensors"
+    os.utime(weights, ns=(1, 1))
+    touched = model_id(safe)
+    assert touched != safe_id and model_id(safe) == touched
+    single = folder / "model.pt"
+    before = model_id(single)
+    os.utime(single, ns=(1, 1))
+    assert model_id(single) != before
+    assert not marker.exists()  # fingerprinting never unpickles

@@ -86,6 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=True,
+        trust_pickle=args.trust_pickle,
     )
     reuse = (
         "reused cached embeddings"
@@ -193,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from lapsv.verification import Verifier
 
-    verifier = Verifier(args.model, device=args.device)
+    verifier = Verifier(args.model, device=args.device, trust_pickle=args.trust_pickle)
     result = verifier.verify_files(
         args.a, args.b, threshold=args.threshold, max_seconds=args.max_seconds
     )
@@ -236,7 +237,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     with SpeakerDB(args.db, create=True) as db:
         result, failures = enroll_files(
             db,
@@ -283,7 +284,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     with SpeakerDB(args.db) as db:
         answers, failures = identify_files(
             db,
@@ -359,7 +360,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lapsv.export import export_model
     from lapsv.loading import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, trust_pickle=args.trust_pickle)
     result = export_model(model, args.out, format=args.format, source=str(args.model))
     size = result.path.stat().st_size / 1e6
     print(
@@ -555,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", default="results", help="results folder")
     _option(evaluation, "batch_size", type=int, default=16)
     evaluation.add_argument("--device", default="cpu")
+    _trust_pickle_option(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
     score = verbs.add_parser(
@@ -582,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--device", default="cpu")
     _max_seconds_option(verify)
+    _trust_pickle_option(verify)
     verify.set_defaults(func=cmd_verify)
 
     enroll = verbs.add_parser(
@@ -597,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(enroll, "batch_size", type=int, default=16)
     enroll.add_argument("--device", default="cpu")
     _max_seconds_option(enroll)
+    _trust_pickle_option(enroll)
     enroll.set_defaults(func=cmd_enroll)
 
     identify = verbs.add_parser("identify", help="who is speaking? top-k enrolled speakers")
@@ -613,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(identify, "batch_size", type=int, default=16)
     identify.add_argument("--device", default="cpu")
     _max_seconds_option(identify)
+    _trust_pickle_option(identify)
     identify.set_defaults(func=cmd_identify)
 
     speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")
@@ -632,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("--out", required=True, help="file: .onnx, or .pt / .ts for TorchScript")
+    _trust_pickle_option(export)
     export.set_defaults(func=cmd_export)
 
     inspect = verbs.add_parser("inspect", help="which layers the model uses over time")

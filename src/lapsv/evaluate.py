@@ -17,7 +17,7 @@ from lapsv.data.manifest import read_manifest
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
 from lapsv.inference import EmbeddingSet, extract_embeddings
-from lapsv.model import CONFIG_FILE, WEIGHTS_FILE
+from lapsv.model import CONFIG_FILE, PICKLE_WEIGHT_FILES, WEIGHTS_FILE
 from lapsv.scoring.calibrate import QMFCalibrator, quality_features, sample_calibration_pairs
 from lapsv.scoring.metrics import compute_metrics
 from lapsv.scoring.norm import as_norm, cosine_scores, embedding_mean, speaker_cohort
@@ -31,28 +31,46 @@ QMF_FILE = "qmf.json"  # optional, beside a model: QMF calibration
 
 
 def model_id(name_or_path: str | Path) -> str:
-    """A cheap fingerprint of a model: its config text and weight file size and time."""
+    """A cheap fingerprint of a model for the embedding cache, without loading it.
+
+    A model directory: its config text and the size and time of its weight files
+    (safetensors, or a pickle); a single file (an export or a checkpoint): its path, size
+    and time; anything else (a built-in name, a hub id): the name itself.
+    """
     path = Path(name_or_path)
-    if not (path / CONFIG_FILE).is_file():
+    if path.is_dir():
+        digest = hashlib.sha256(
+            (path / CONFIG_FILE).read_bytes() if (path / CONFIG_FILE).is_file() else b""
+        )
+        weights = [path / name for name in (WEIGHTS_FILE, *PICKLE_WEIGHT_FILES)]
+    elif path.is_file():
+        digest = hashlib.sha256(str(path.resolve()).encode())
+        weights = [path]
+    else:
         return str(name_or_path)
-    weights = (path / WEIGHTS_FILE).stat()
-    digest = hashlib.sha256((path / CONFIG_FILE).read_bytes())
-    digest.update(f"{weights.st_size}:{weights.st_mtime_ns}".encode())
+    for weight in weights:
+        if weight.is_file():
+            stat = weight.stat()
+            digest.update(f"{weight.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
 
 
 class LazyModel:
     """Loads the model on first use, so that fully cached runs never load it."""
 
-    def __init__(self, name_or_path: str | Path, *, device: str = "cpu") -> None:
-        self.name_or_path, self.device = name_or_path, device
+    def __init__(
+        self, name_or_path: str | Path, *, device: str = "cpu", trust_pickle: bool = False
+    ) -> None:
+        self.name_or_path, self.device, self.trust_pickle = name_or_path, device, trust_pickle
         self._model = None
 
     def get(self):
         if self._model is None:
             from lapsv.loading import load_model
 
-            self._model = load_model(self.name_or_path, device=self.device)
+            self._model = load_model(
+                self.name_or_path, device=self.device, trust_pickle=self.trust_pickle
+            )
         return self._model
 
 
@@ -124,6 +142,7 @@ def evaluate(
     save_calibration: bool = True,
     progress: bool = False,
     title: str | None = None,
+    trust_pickle: bool = False,
 ) -> EvaluationResult:
     """Score a trial list with a model and write results into ``out``.
 
@@ -146,7 +165,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trial_list = read_trials(trials)
-    lazy = LazyModel(model, device=device)
+    lazy = LazyModel(model, device=device, trust_pickle=trust_pickle)
     audio_root = Path(audio_root)
     utterances = sorted(set(trial_list.enroll) | set(trial_list.test))
     test_set, new_count = cached_embeddings(

@@ -225,10 +225,12 @@ class Verifier:
     exported ``.onnx`` / TorchScript file included (its scoring state travels inside it).
     """
 
-    def __init__(self, model_name_or_path: str | Path, *, device: str = "cpu") -> None:
+    def __init__(
+        self, model_name_or_path: str | Path, *, device: str = "cpu", trust_pickle: bool = False
+    ) -> None:
         from lapsv.loading import load_model
 
-        self.model = load_model(model_name_or_path, device=device)
+        self.model = load_model(model_name_or_path, device=device, trust_pickle=trust_pickle)
         self.device = device
         self.state: ScoringState = getattr(self.model, "scoring", None) or ScoringState()
         self.mean, self.cohort = self.state.mean, self.state.cohort
