@@ -495,6 +495,14 @@ def _trust_pickle_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _embedding_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the verbs that embed audio files with a MODEL (embed, enroll, identify)."""
+    _option(parser, "batch_size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _max_seconds_option(parser)
+    _trust_pickle_option(parser)
+
+
 def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help=f"override a value of {what}"
@@ -512,11 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     embed.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
     embed.add_argument("--out", default="embeddings.npz", help="output .npz (ids, embeddings)")
-    _option(embed, "batch_size", type=int, default=16)
-    embed.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
-    _max_seconds_option(embed)
-    _trust_pickle_option(embed)
+    _embedding_options(embed)
     embed.set_defaults(func=cmd_embed)
 
     train = verbs.add_parser(
@@ -597,10 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument(
         "--replace", action="store_true", help="drop the speaker's earlier recordings first"
     )
-    _option(enroll, "batch_size", type=int, default=16)
-    enroll.add_argument("--device", default="cpu")
-    _max_seconds_option(enroll)
-    _trust_pickle_option(enroll)
+    _embedding_options(enroll)
     enroll.set_defaults(func=cmd_enroll)
 
     identify = verbs.add_parser("identify", help="who is speaking? top-k enrolled speakers")
@@ -614,10 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="below it the answer is 'unknown' (default: LLR 0 if the model is calibrated; "
         "otherwise a cosine / AS-norm threshold you choose)",
     )
-    _option(identify, "batch_size", type=int, default=16)
-    identify.add_argument("--device", default="cpu")
-    _max_seconds_option(identify)
-    _trust_pickle_option(identify)
+    _embedding_options(identify)
     identify.set_defaults(func=cmd_identify)
 
     speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")

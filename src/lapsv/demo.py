@@ -299,9 +299,7 @@ def _seed_table(seed_results: dict[int, dict[str, float]]) -> list[str]:
     return [*lines, ""]
 
 
-def _write_report(
-    out, summary, config, results, layers, seconds, budget, seed_results=None
-) -> Path:
+def _write_report(out, summary, config, results, layers, seconds, budget, seed_results) -> Path:
     lines = [
         "# lapsv demo report",
         "",
@@ -334,7 +332,7 @@ def _write_report(
         "",
         "![DET curves](det.png)",
         "",
-        *(_seed_table(seed_results) if seed_results and len(seed_results) > 1 else []),
+        *(_seed_table(seed_results) if len(seed_results) > 1 else []),
         "## What LAP looks at",
         "",
         f"Mean layer score per GE2E layer (1st, 2nd, 3rd LSTM layer) over {layers['utterances']} "
