@@ -76,3 +76,11 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     mean, sd = (float(x) for x in spread.split(" ± "))
     assert mean == pytest.approx((float(seed0) + float(seed1)) / 2, abs=0.01)
     assert sd == pytest.approx(abs(float(seed0) - float(seed1)) / 2**0.5, abs=0.01)
+    # the paired comparison: LAP minus last layer, seed by seed
+    last_row = next(line for line in seed_table.splitlines() if line.startswith("| last layer"))
+    last0, last1 = (float(cell) for cell in last_row.strip("|").split("|")[1:3])
+    gaps = [float(seed0) - last0, float(seed1) - last1]
+    paired = next(line for line in seed_table.splitlines() if line.startswith("- last layer"))
+    gap = float(paired.split(": ")[1].split(" ± ")[0])
+    assert gap == pytest.approx(sum(gaps) / 2, abs=0.011)  # from the table's rounded cells
+    assert f"LAP better on {sum(gap < 0 for gap in gaps)} of 2 seeds" in paired
