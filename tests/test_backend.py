@@ -75,6 +75,19 @@ def test_lap_scores_are_probabilities_per_head_frame_and_layer():
     assert scores.std() > 0  # time-dynamic, not a constant
 
 
+def test_lap_winning_layers_are_the_layers_its_max_keeps():
+    lap = LayerAttentivePooling(n_layers=5, in_dim=32, n_heads=4, out_dim=16).eval()
+    hidden = torch.randn(2, 5, 20, 32)
+    winners = lap.winning_layers(hidden)  # (B, T, D)
+    assert winners.shape == (2, 20, 32) and winners.unique().numel() > 1
+    x, scores = lap._scored_layers(hidden)  # (B, L, T, H, d), (B, T, H, L)
+    weighted = (x * scores.permute(0, 3, 1, 2).unsqueeze(-1)).flatten(3)  # (B, L, T, D)
+    kept = weighted.gather(1, winners.unsqueeze(1)).squeeze(1)
+    assert torch.equal(kept, weighted.max(dim=1).values)
+    expected = lap.out_norm(lap.out_proj(kept.reshape(-1, 32))).view(2, 20, 16).transpose(1, 2)
+    assert torch.allclose(lap(hidden)[0], expected, atol=1e-5)
+
+
 def test_lap_depends_on_layer_order_unlike_an_average():
     hidden = torch.randn(2, 7, 20, 32)
     permutation = torch.tensor([6, 0, 5, 1, 4, 2, 3])

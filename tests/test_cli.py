@@ -79,4 +79,5 @@ def test_inspect_plots_lap_layer_scores(tmp_path, clips, capsys):
     assert main(["inspect", str(model_dir), str(clips["speaker_a_1"]), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "lap layer weights: 16 head(s) x 351 frames x 3 layers" in out
+    assert "max over layers: cells won per layer" in out and "of 256 channels" in out
     assert plot.stat().st_size > 20_000

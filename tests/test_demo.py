@@ -59,6 +59,9 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     assert f"EER with mean subtraction {before:.2f} -> {after:.2f} %, so on this run {verdict}" in (
         report.replace("\n", " ")
     )
+    assert "of the (frame, channel) cells; one layer wins more than 90 % of the frames on" in (
+        report.replace("\n", " ")
+    )
     for picture in ("det.png", "layers.png", "stage1/curves.png"):
         assert (demo_out / picture).stat().st_size > 10_000
     model = load_model(demo_out / "stage1" / "lap_astp" / "model")

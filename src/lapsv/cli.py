@@ -378,7 +378,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lapsv.audio import load_audio
-    from lapsv.inspection import dominant_layers, layer_weights, plot_layer_weights
+    from lapsv.inspection import (
+        dominant_layers,
+        layer_weights,
+        plot_layer_weights,
+        winner_statistics,
+        winning_layers,
+    )
     from lapsv.loading import load_model
     from lapsv.model import SpeakerModel
 
@@ -388,12 +394,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not isinstance(model, SpeakerModel):
         print(f"error: {args.model} has no layer aggregation to inspect", file=sys.stderr)
         return 2
-    weights = layer_weights(model, load_audio(args.audio, sample_rate=model.sample_rate))
+    wave = load_audio(args.audio, sample_rate=model.sample_rate)
+    weights = layer_weights(model, wave)
     heads, frames, layers = weights.shape
     aggregation = model.config.backend.aggregation
     print(f"{aggregation} layer weights: {heads} head(s) x {frames} frames x {layers} layers")
     for layer, score in dominant_layers([weights], top=min(3, layers)):
         print(f"  layer {layer:2d}: mean weight {score:.3f}")
+    if aggregation == "lap":
+        stats = winner_statistics([winning_layers(model, wave)], n_layers=layers)
+        shares = " ".join(f"{100 * share:.0f}%" for share in stats["share_per_layer"])
+        print(f"max over layers: cells won per layer {shares}; one layer wins >90% of frames")
+        print(
+            f"  on {stats['dominated_channels']} of {stats['channels']} channels; the winner "
+            f"changes on {100 * stats['switch_rate']:.0f}% of consecutive frames"
+        )
     if args.plot:
         plot_layer_weights(weights, args.plot, title=f"{aggregation} layer weights")
         print(f"plot -> {args.plot}")

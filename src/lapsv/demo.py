@@ -241,13 +241,21 @@ def evaluate_systems(
 
 def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:
     """LAP's layer scores on one test utterance (plot) and averaged over the test set."""
-    from lapsv.inspection import dominant_layers, layer_weights, plot_layer_weights
+    from lapsv.inspection import (
+        dominant_layers,
+        layer_weights,
+        plot_layer_weights,
+        winner_statistics,
+        winning_layers,
+    )
     from lapsv.loading import load_model
 
     model = load_model(model_dir)
     manifest = read_manifest(corpus / "test.tsv")
     utterances = sorted(manifest, key=lambda u: -u.seconds)[:: max(len(manifest) // 12, 1)][:12]
-    weights = [layer_weights(model, load_audio(manifest.audio_path(u))) for u in utterances]
+    waves = [load_audio(manifest.audio_path(u)) for u in utterances]
+    weights = [layer_weights(model, wave) for wave in waves]
+    winners = [winning_layers(model, wave) for wave in waves]
     plot_layer_weights(
         weights[0], out / "layers.png", title=f"LAP layer scores, {utterances[0].utt}"
     )
@@ -258,6 +266,8 @@ def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:
         "dominant_layers": dominant_layers(weights),
         "mean_std_over_time": round(spread, 4),
         "utterances": len(weights),
+        "frames": int(sum(len(w) for w in winners)),
+        "winners": winner_statistics(winners, n_layers=weights[0].shape[-1]),
     }
 
 
@@ -331,6 +341,19 @@ def _paired_differences(seed_results: dict[int, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _winner_sentence(layers: dict[str, Any]) -> str:
+    """What LAP's max over layers keeps, in words (see inspection.winner_statistics)."""
+    stats = layers["winners"]
+    shares = ", ".join(f"{100 * share:.0f}" for share in stats["share_per_layer"])
+    return (
+        f"LAP pools the scored layers with a max per channel. Over {layers['frames']} test "
+        f"frames the layers win {shares} % of the (frame, channel) cells; one layer wins "
+        f"more than 90 % of the frames on {stats['dominated_channels']} of "
+        f"{stats['channels']} channels, and a channel's winning layer changes on "
+        f"{100 * stats['switch_rate']:.0f} % of consecutive frames."
+    )
+
+
 def _augmentation_words(cached_views: int) -> str:
     """How stage 1 augmented its crops, in words for the report."""
     if cached_views <= 0:
@@ -380,6 +403,8 @@ def _write_report(out, summary, config, results, layers, seconds, budget, seed_r
         f"Mean layer score per GE2E layer (1st, 2nd, 3rd LSTM layer) over {layers['utterances']} "
         f"test utterances: {layers['mean_score_per_layer']}; the scores vary over time with a "
         f"mean standard deviation of {layers['mean_std_over_time']}.",
+        "",
+        _winner_sentence(layers),
         "",
         "![LAP layer scores](layers.png)",
         "",

@@ -117,7 +117,13 @@ class LayerAttentivePooling(nn.Module):
         return torch.addmm(bias, centered, weight.t())
 
     @staticmethod
-    def _weighted_layer_max(x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def _winners(x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The layer whose x * score is largest: (B, L, T, H, d), (B, T, H, L) -> (B, T, H, d)."""
+        return (x * scores.permute(0, 3, 1, 2).unsqueeze(-1)).max(dim=1).indices
+
+    @classmethod
+    def _weighted_layer_max(cls, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """max over layers of x * score: (B, L, T, H, d), (B, T, H, L) -> (B, T, H, d).
 
         The winning layer is found without autograd, then only the winners are gathered:
@@ -125,25 +131,39 @@ class LayerAttentivePooling(nn.Module):
         of building full-size comparison masks (ties, which amax would split, only occur
         between layers whose score dropout zeroed, where every gradient is zero anyway).
         """
-        with torch.no_grad():
-            winner = (x * scores.permute(0, 3, 1, 2).unsqueeze(-1)).max(dim=1).indices
+        winner = cls._winners(x, scores)
         picked = x.gather(1, winner.unsqueeze(1)).squeeze(1)
         return picked * scores.gather(-1, winner)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, T, D) -> features (B, C, T), layer scores (B, H, T, L) in [0, 1]."""
+    def _scored_layers(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, T, D) -> projected heads (B, L, T, H, d), layer scores (B, T, H, L)."""
         batch, n_layers, frames, dim = hidden_states.shape
-        heads = self.n_heads
         x = self._project(hidden_states.reshape(-1, dim))
-        x = x.view(batch, n_layers, frames, heads, dim // heads)
+        x = x.view(batch, n_layers, frames, self.n_heads, dim // self.n_heads)
         # sum (not mean) and max (not amax): their backward passes are a broadcast and a
         # scatter, not full-size divisions and comparison masks
         mean = (x.sum(dim=-1) / x.shape[-1]).permute(0, 2, 3, 1)  # (B, T, H, L)
         peak = x.max(dim=-1).values.permute(0, 2, 3, 1)
         scores = self.score_dropout(torch.sigmoid(self._excite(mean) + self._excite(peak)))
+        return x, scores
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, T, D) -> features (B, C, T), layer scores (B, H, T, L) in [0, 1]."""
+        batch, _, frames, dim = hidden_states.shape
+        x, scores = self._scored_layers(hidden_states)
         pooled = self._weighted_layer_max(x, scores).reshape(batch * frames, dim)
         features = self.out_norm(self.out_proj(pooled)).view(batch, frames, self.out_dim)
         return features.transpose(1, 2), scores.permute(0, 2, 1, 3)
+
+    @torch.no_grad()
+    def winning_layers(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, T, D) -> (B, T, D): for every frame and channel, the layer the max keeps.
+
+        Before the output projection, channel ``c`` of frame ``t`` is one layer's value;
+        this says which (heads concatenated, as in the pooled features).
+        """
+        x, scores = self._scored_layers(hidden_states)
+        return self._winners(x, scores).flatten(2)
 
 
 class SuperbWeightedSum(nn.Module):
