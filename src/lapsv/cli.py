@@ -404,10 +404,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if aggregation == "lap":
         stats = winner_statistics([winning_layers(model, wave)], n_layers=layers)
         shares = " ".join(f"{100 * share:.0f}%" for share in stats["share_per_layer"])
-        print(f"max over layers: cells won per layer {shares}; one layer wins >90% of frames")
+        print(f"max over layers: cells won per layer {shares}")
         print(
-            f"  on {stats['dominated_channels']} of {stats['channels']} channels; the winner "
-            f"changes on {100 * stats['switch_rate']:.0f}% of consecutive frames"
+            f"  one layer wins >90% of frames on {stats['dominated_channels']} of "
+            f"{stats['channels']} channels; a channel's winner changes on "
+            f"{100 * stats['switch_rate']:.0f}% of consecutive frames"
         )
     if args.plot:
         plot_layer_weights(weights, args.plot, title=f"{aggregation} layer weights")
@@ -669,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="train stage 1 with this many seeds (0, 1, ...) and report each system's EER "
-        "spread over them; every extra seed takes about 9 min on 2 cores",
+        "spread over them; every extra seed takes 3 to 9 min on 2 cores",
     )
     _overrides(demo, "the demo recipe (repeatable)")
     demo.set_defaults(func=cmd_demo)
