@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,8 +11,10 @@ import pytest
 from lapsv import SpeakerModel
 from lapsv.cli import main
 from lapsv.config import ModelConfig
-from lapsv.errors import ConfigError
-from lapsv.evaluate import QMF_FILE, SCORING_FILE, evaluate
+from lapsv.errors import ConfigError, ScoringError
+from lapsv.evaluate import QMF_FILE, SCORING_FILE, evaluate, score_trials
+from lapsv.inference import EmbeddingSet
+from lapsv.scoring.trials import Trials
 from synthetic import make_corpus
 
 
@@ -74,6 +77,39 @@ def test_asnorm_and_qmf_write_calibration_beside_the_model(calibrated, model_dir
 def test_norm_without_cohort_is_a_clear_error(tmp_path, corpus):
     with pytest.raises(ConfigError, match="need a cohort"):
         evaluate("ge2e", corpus["val_trials"], corpus["audio"], out=tmp_path, norm="asnorm")
+
+
+def test_wrong_audio_root_names_a_file_and_the_option(tmp_path, corpus, capsys):
+    args = ["eval", "ge2e", "--trials", str(corpus["val_trials"])]
+    args += ["--audio_root", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "none of the 20 audio files" in error and "no such file" in error
+    assert f"--audio_root {tmp_path / 'elsewhere'}?" in error
+    assert "Traceback" not in error
+    args[args.index("--audio_root") + 1] = str(corpus["audio"])  # fixed: the same folder works
+    assert main(args) == 0
+    assert "embedded 20 utterances" in capsys.readouterr().out
+
+
+def test_a_missing_file_skips_its_trials_and_is_named(tmp_path, corpus, capsys):
+    audio = tmp_path / "audio"
+    shutil.copytree(corpus["audio"], audio)
+    first = corpus["val_trials"].read_text().split()[1]  # "1 enroll test" lines
+    (audio / first).unlink()
+    args = ["eval", "ge2e", "--trials", str(corpus["val_trials"])]
+    assert main([*args, "--audio_root", str(audio), "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "embedded 19 utterances" in captured.out and "skipped 19 trials" in captured.out
+    assert f"{first}: no such file" in captured.err
+    assert len((tmp_path / "out" / "scores.txt").read_text().splitlines()) == 190 - 19
+
+
+def test_scoring_with_no_embedded_trial_is_a_clear_error(tmp_path):
+    embedded = EmbeddingSet(["a"], np.ones((1, 4), np.float32), np.ones(1, np.float32))
+    embedded.failures.append(("b", "no such file"))
+    with pytest.raises(ScoringError, match=r"none of the 2 trials .* \('b', 'no such file'\)"):
+        score_trials(embedded, Trials(("a", "b"), ("b", "c"), np.array([1, 0])), out=tmp_path)
 
 
 def test_score_file_metrics_as_json(tmp_path, capsys):

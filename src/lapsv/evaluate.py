@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lapsv.data.manifest import read_manifest
-from lapsv.errors import ConfigError
+from lapsv.errors import ConfigError, ScoringError
 from lapsv.files import atomic_write_text
 from lapsv.inference import EmbeddingSet, extract_embeddings
 from lapsv.model import CONFIG_FILE, PICKLE_WEIGHT_FILES, WEIGHTS_FILE
@@ -175,6 +175,13 @@ def evaluate(
         batch_size=batch_size,
         progress=progress,
     )
+    if not test_set.ids:
+        utt, reason = test_set.failures[0]
+        raise ScoringError(
+            f"none of the {len(utterances)} audio files of {trials} could be embedded "
+            f"(e.g. {audio_root / utt}: {reason}); are the trial list's paths relative to "
+            f"--audio_root {audio_root}?"
+        )
     cohort_set, cohort_speakers = None, None
     if cohort is not None:
         manifest = read_manifest(cohort)
@@ -232,6 +239,12 @@ def score_trials(
     keep = np.array(
         [a in index and b in index for a, b in zip(trial_list.enroll, trial_list.test, strict=True)]
     )
+    if not keep.any():
+        failed = f"; {len(test_set.failures)} files failed, e.g. {test_set.failures[0]}"
+        raise ScoringError(
+            f"none of the {len(keep)} trials has both sides embedded"
+            + (failed if test_set.failures else ": their ids are not in the embedding set")
+        )
     kept = _subset(trial_list, keep)
     pairs_e = np.array([index[u] for u in kept.enroll], dtype=np.int64)
     pairs_t = np.array([index[u] for u in kept.test], dtype=np.int64)
