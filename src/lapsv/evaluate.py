@@ -175,7 +175,7 @@ def evaluate(
         batch_size=batch_size,
         progress=progress,
     )
-    if not test_set.ids:
+    if not test_set.ids and test_set.failures:
         utt, reason = test_set.failures[0]
         raise ScoringError(
             f"none of the {len(utterances)} audio files of {trials} could be embedded "
