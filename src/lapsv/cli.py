@@ -378,13 +378,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from lapsv.audio import load_audio
-    from lapsv.inspection import (
-        dominant_layers,
-        layer_weights,
-        plot_layer_weights,
-        winner_statistics,
-        winning_layers,
-    )
+    from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
     from lapsv.loading import load_model
     from lapsv.model import SpeakerModel
 
@@ -394,15 +388,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not isinstance(model, SpeakerModel):
         print(f"error: {args.model} has no layer aggregation to inspect", file=sys.stderr)
         return 2
-    wave = load_audio(args.audio, sample_rate=model.sample_rate)
-    weights = layer_weights(model, wave)
+    view = layer_view(model, load_audio(args.audio, sample_rate=model.sample_rate))
+    weights = view.weights
     heads, frames, layers = weights.shape
     aggregation = model.config.backend.aggregation
     print(f"{aggregation} layer weights: {heads} head(s) x {frames} frames x {layers} layers")
     for layer, score in dominant_layers([weights], top=min(3, layers)):
         print(f"  layer {layer:2d}: mean weight {score:.3f}")
-    if aggregation == "lap":
-        stats = winner_statistics([winning_layers(model, wave)], n_layers=layers)
+    if view.winners is not None:
+        stats = winner_statistics([view.winners], n_layers=layers)
         shares = " ".join(f"{100 * share:.0f}%" for share in stats["share_per_layer"])
         print(f"max over layers: cells won per layer {shares}")
         print(

@@ -241,21 +241,15 @@ def evaluate_systems(
 
 def _layer_plots(model_dir: Path, corpus: Path, out: Path) -> dict[str, Any]:
     """LAP's layer scores on one test utterance (plot) and averaged over the test set."""
-    from lapsv.inspection import (
-        dominant_layers,
-        layer_weights,
-        plot_layer_weights,
-        winner_statistics,
-        winning_layers,
-    )
+    from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
     from lapsv.loading import load_model
 
     model = load_model(model_dir)
     manifest = read_manifest(corpus / "test.tsv")
     utterances = sorted(manifest, key=lambda u: -u.seconds)[:: max(len(manifest) // 12, 1)][:12]
-    waves = [load_audio(manifest.audio_path(u)) for u in utterances]
-    weights = [layer_weights(model, wave) for wave in waves]
-    winners = [winning_layers(model, wave) for wave in waves]
+    views = [layer_view(model, load_audio(manifest.audio_path(u))) for u in utterances]
+    weights = [view.weights for view in views]
+    winners = [view.winners for view in views]
     plot_layer_weights(
         weights[0], out / "layers.png", title=f"LAP layer scores, {utterances[0].utt}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,21 +10,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapsv.errors import ConfigError
 from lapsv.files import atomic_path
 from lapsv.layers.aggregation import LayerAttentivePooling
 from lapsv.model import SpeakerModel
 
 
-def layer_weights(model: SpeakerModel, waveform: np.ndarray) -> np.ndarray:
-    """Layer weights of one 16 kHz utterance: (H, T, L) (LAP: sigmoid scores per head).
+@dataclasses.dataclass(frozen=True)
+class LayerView:
+    """What one utterance shows of the model's layers.
 
-    SUPERB gives its static softmax weights (H=1), ``last`` a one-hot on the last layer.
+    Attributes:
+        weights: (H, T, L) layer weights (LAP: sigmoid scores per head; SUPERB its static
+            softmax weights, H=1; ``last`` a one-hot on the last layer).
+        winners: (T, D) for LAP: the layer its max keeps per frame and channel (see
+            :func:`winner_statistics`); ``None`` for other aggregations.
     """
+
+    weights: np.ndarray
+    winners: np.ndarray | None
+
+
+def layer_view(model: SpeakerModel, waveform: np.ndarray) -> LayerView:
+    """The layer weights (and LAP's winning layers) of one 16 kHz utterance, from one
+    eval-mode pass of the frontend."""
+    lap = next((m for m in model.modules() if isinstance(m, LayerAttentivePooling)), None)
     waves = torch.as_tensor(waveform, dtype=torch.float32)[None]
-    lengths = torch.tensor([waves.shape[1]])
-    _, weights, frames = model.embed_with_layer_weights(waves, lengths)
-    return weights[0, :, : int(frames[0])].float().cpu().numpy()
+    with model.evaluating():
+        hidden_states, frames = model.frontend(waves, torch.tensor([waves.shape[1]]))
+        _, weights = model.backend.forward_with_layer_weights(hidden_states, frames)
+        winners = None if lap is None else lap.winning_layers(hidden_states)
+    valid = int(frames[0])
+    return LayerView(
+        weights[0, :, :valid].float().cpu().numpy(),
+        None if winners is None else winners[0, :valid].cpu().numpy(),
+    )
 
 
 def dominant_layers(weights: Sequence[np.ndarray], *, top: int = 3) -> list[tuple[int, float]]:
@@ -33,34 +53,10 @@ def dominant_layers(weights: Sequence[np.ndarray], *, top: int = 3) -> list[tupl
     return [(int(layer), float(mean[layer])) for layer in order]
 
 
-def winning_layers(model: SpeakerModel, waveform: np.ndarray) -> np.ndarray:
-    """For one 16 kHz utterance, which layer LAP's max keeps per frame and channel: (T, D).
-
-    Raises:
-        ConfigError: the model's layer aggregation is not LAP.
-    """
-    lap = next((m for m in model.modules() if isinstance(m, LayerAttentivePooling)), None)
-    if lap is None:
-        raise ConfigError(
-            f"winning layers need LAP; this model aggregates with "
-            f"{model.config.backend.aggregation!r}"
-        )
-    waves = torch.as_tensor(waveform, dtype=torch.float32)[None]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            hidden_states, frames = model.frontend(waves, torch.tensor([waves.shape[1]]))
-            winners = lap.winning_layers(hidden_states)
-    finally:
-        model.train(was_training)
-    return winners[0, : int(frames[0])].cpu().numpy()
-
-
 def winner_statistics(
     winners: Sequence[np.ndarray], n_layers: int, *, dominance: float = 0.9
 ) -> dict[str, Any]:
-    """How LAP's max mixes layers, from :func:`winning_layers` of several utterances.
+    """How LAP's max mixes layers, from :attr:`LayerView.winners` of several utterances.
 
     Returns ``share_per_layer`` (fraction of all (frame, channel) cells each layer wins),
     ``dominated_channels`` (channels one layer wins on more than ``dominance`` of the

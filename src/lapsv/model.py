@@ -7,8 +7,10 @@ needs nothing else: no hub, no original encoder directory, no pickle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,20 +102,26 @@ class SpeakerModel(SpeakerAPI, nn.Module):
         hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
         return self.backend(hidden_states, frame_lengths)
 
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode without autograd inside the block; the previous mode comes back after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
     def embed_with_layer_weights(
         self, waveforms: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eval-mode embeddings (B, E), layer weights (B, H, T, L) and frame lengths (B,)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
             embeddings, weights = self.backend.forward_with_layer_weights(
                 hidden_states, frame_lengths
             )
-        finally:
-            self.train(was_training)
         return embeddings, weights, frame_lengths
 
     def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
