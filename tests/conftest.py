@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,12 @@ def assert_padding_invariant(embed, waves, *, atol: float = 1e-4) -> None:
     for row, wave in enumerate(waves):
         alone = embed(torch.as_tensor(wave)[None], torch.tensor([len(wave)]))
         assert (alone[0] - batched[row]).abs().max() < atol, f"item {row} changed with padding"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Converted weights (Whisper from CTranslate2) go to a per-run cache, not ~/.cache."""
+    os.environ["LAPSV_CACHE_DIR"] = str(tmp_path_factory.mktemp("lapsv-cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from lapsv.config import BackendConfig
 from lapsv.errors import ConfigError
-from lapsv.layers.aggregation import LastLayer, LayerAttentivePooling, SuperbWeightedSum
+from lapsv.layers.aggregation import LayerAttentivePooling, SingleLayer, SuperbWeightedSum
 from lapsv.layers.ecapa import ECAPATDNN
 from lapsv.layers.mhfa import MHFA
 from lapsv.layers.pooling import ASTP
@@ -29,21 +29,34 @@ def _lap(config: BackendConfig) -> nn.Module:
         n_heads=config.lap_heads,
         out_dim=config.lap_out_dim,
         score_dropout=config.lap_score_dropout,
+        per_layer_norm=config.per_layer_norm,
     )
 
 
 def _superb(config: BackendConfig) -> nn.Module:
-    return SuperbWeightedSum(config.n_layers, config.in_dim)
+    return SuperbWeightedSum(config.n_layers, config.in_dim, per_layer_norm=config.per_layer_norm)
 
 
 def _last(config: BackendConfig) -> nn.Module:
-    return LastLayer(config.n_layers, config.in_dim)
+    return SingleLayer(config.n_layers, config.in_dim, per_layer_norm=config.per_layer_norm)
+
+
+def _layer(config: BackendConfig) -> nn.Module:
+    if config.layer_index is None:
+        raise ConfigError("aggregation 'layer' needs backend.layer_index (0 = embedding output)")
+    return SingleLayer(
+        config.n_layers,
+        config.in_dim,
+        index=config.layer_index,
+        per_layer_norm=config.per_layer_norm,
+    )
 
 
 AGGREGATIONS: dict[str, Callable[[BackendConfig], nn.Module]] = {
     "lap": _lap,
     "superb": _superb,
     "last": _last,
+    "layer": _layer,
 }
 
 
@@ -140,7 +153,8 @@ def build_backend(
     """Build a speaker backend by name.
 
     Args:
-        aggregation: ``"lap"``, ``"superb"`` or ``"last"``.
+        aggregation: ``"lap"``, ``"superb"``, ``"last"`` or ``"layer"`` (one hidden layer,
+            ``layer_index``).
         speaker_net: ``"astp"``, ``"ecapa"`` or ``"mhfa"``.
         in_dim: D, width of the frontend's hidden layers.
         n_layers: L, number of hidden layers (Transformer layers + 1).

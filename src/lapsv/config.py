@@ -27,11 +27,15 @@ class FrontendConfig:
     """Which pre-trained speech encoder produces the hidden layers.
 
     Args:
-        name: ``"ge2e"`` (offline default, weights from the resemblyzer wheel) or ``"hf"``
-            (a Hugging Face WavLM / HuBERT / wav2vec 2.0 / data2vec-audio encoder).
-        source: hub id or local directory of the Hugging Face model (``name="hf"`` only).
+        name: ``"ge2e"`` (offline default, weights from the resemblyzer wheel), ``"hf"``
+            (a Hugging Face WavLM / HuBERT / wav2vec 2.0 / data2vec-audio encoder) or
+            ``"whisper"`` (OpenAI Whisper's encoder).
+        source: hub id or local directory of the Hugging Face model; for ``"whisper"`` also
+            a faster-whisper (CTranslate2) folder or a built-in offline name
+            (``whisper-base``, ``whisper-tiny.en``).
         freeze: keep the encoder frozen in eval mode (stage 1).
-        freeze_feature_encoder: when fine-tuning, keep the CNN waveform encoder frozen.
+        freeze_feature_encoder: when fine-tuning, keep the CNN waveform encoder (Whisper: the
+            two input convolutions) frozen.
         gradient_checkpointing: recompute Transformer activations in backward (stages 2-3).
         normalize_waveform: zero-mean unit-variance per utterance before the encoder;
             ``None`` reads the choice from the source's feature-extractor config.
@@ -54,6 +58,10 @@ class BackendConfig:
 
     ``in_dim`` and ``n_layers`` describe the frontend; they are filled in from it when a
     :class:`~lapsv.model.SpeakerModel` is built and are recorded in the saved config.
+    ``aggregation`` is ``lap``, ``superb``, ``last`` or ``layer`` (the hidden layer
+    ``layer_index`` alone). ``per_layer_norm`` normalises every hidden layer with its own
+    BatchNorm statistics before aggregation (METHOD.md §9: for frontends whose layers differ
+    in scale, such as Whisper).
     """
 
     aggregation: str = "lap"
@@ -65,6 +73,8 @@ class BackendConfig:
     lap_out_dim: int = 512
     lap_score_dropout: float = 0.1
     lap_init: str = "xavier"  # "identity": the D->D input projection starts as identity
+    per_layer_norm: bool = False  # BatchNorm statistics per layer and channel before aggregating
+    layer_index: int | None = None  # aggregation "layer": which hidden layer (0 = embedding output)
     astp_bottleneck_ratio: float = 0.5
     astp_frame_dropout: float = 0.1
     ecapa_channels: int = 512

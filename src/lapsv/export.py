@@ -16,6 +16,10 @@ How it is exported:
   1e-6 of the largest mel value), and LAP's ``aten::addmv`` gets an ONNX symbolic.
 * TorchScript is a trace (``torch.jit.trace``; PyTorch marks it deprecated, ONNX is the
   portable choice).
+* Whisper's log-mel uses ONNX's STFT operator (:class:`RealSTFTWhisperLogMel`). Its encoder
+  takes at most 30 s: longer inputs are windowed by lapsv before they reach the graph
+  (the file records ``lapsv.max_input_seconds``), so a direct onnxruntime caller must cut
+  them too.
 * The built-in ``ge2e`` model's partial-window rule (resemblyzer's, Python lists in
   :meth:`GE2EEncoder.embed`) is rewritten with tensor operations in :class:`GE2EGraph`.
 
@@ -48,6 +52,8 @@ from lapsv.errors import ConfigError, ModelLoadError
 from lapsv.files import atomic_path
 from lapsv.frontends.features import MelSpectrogram
 from lapsv.frontends.ge2e import HOP, PARTIAL_FRAMES, SAMPLE_RATE, GE2EEncoder
+from lapsv.frontends.whisper import HOP as WHISPER_HOP
+from lapsv.frontends.whisper import WhisperLogMel
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -133,6 +139,18 @@ class GE2EGraph(nn.Module):
         return F.normalize(sums, dim=-1)
 
 
+class RealSTFTWhisperLogMel(WhisperLogMel):
+    """:class:`WhisperLogMel` with a real-valued STFT, which ONNX's STFT operator exports
+    (the same numbers; PyTorch calls ``return_complex=False`` deprecated, hence only here)."""
+
+    def power_spectrum(self, padded: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.stft(
+            padded, self.window.shape[0], hop_length=WHISPER_HOP, window=self.window,
+            center=False, return_complex=False,
+        )  # fmt: skip
+        return spectrum.pow(2).sum(dim=-1)
+
+
 class EmbeddingGraph(nn.Module):
     """(waveforms (B, N), lengths (B,)) -> raw embeddings (B, E): what gets exported."""
 
@@ -150,10 +168,13 @@ class EmbeddingGraph(nn.Module):
 
 
 def _replace_mel(module: nn.Module) -> None:
-    """Swap every :class:`MelSpectrogram` inside ``module`` for :class:`DFTMelSpectrogram`."""
+    """Swap every mel spectrogram inside ``module`` for an exportable twin:
+    :class:`DFTMelSpectrogram` for GE2E's, :class:`RealSTFTWhisperLogMel` for Whisper's."""
     for name, child in list(module.named_children()):
         if isinstance(child, MelSpectrogram):
             setattr(module, name, DFTMelSpectrogram(child))
+        elif type(child) is WhisperLogMel:
+            setattr(module, name, RealSTFTWhisperLogMel(child.n_mels).to(child.filters.device))
         else:
             _replace_mel(child)
 
@@ -200,6 +221,8 @@ def model_metadata(model: SpeakerAPI, source: str) -> dict[str, str]:
         "lapsv.embed_dim": str(model.embed_dim),
         "lapsv.sample_rate": str(model.sample_rate),
     }
+    if getattr(model, "max_input_seconds", None) is not None:
+        metadata["lapsv.max_input_seconds"] = str(model.max_input_seconds)
     metadata.update(model.scoring.to_metadata())
     return metadata
 
@@ -342,6 +365,8 @@ class ExportedModel(SpeakerAPI):
         self._runner = runner
         self.embed_dim = int(metadata["lapsv.embed_dim"])
         self.sample_rate = int(metadata["lapsv.sample_rate"])
+        limit = metadata.get("lapsv.max_input_seconds")
+        self.max_input_seconds = None if limit is None else float(limit)
         self.scoring = ScoringState.from_metadata(metadata)
 
     @property

@@ -27,7 +27,12 @@ from lapsv.files import atomic_path
 
 
 class Embedder(Protocol):
-    """Anything lapsv can embed with: a SpeakerModel or the built-in GE2E encoder."""
+    """Anything lapsv can embed with: a SpeakerModel or the built-in GE2E encoder.
+
+    One may also have ``max_input_seconds``, the longest input its encoder takes at once
+    (Whisper: 30 s); longer recordings are then windowed by the same rule as
+    ``max_seconds`` (:func:`window_bounds`).
+    """
 
     embed_dim: int
     sample_rate: int
@@ -64,12 +69,13 @@ def window_bounds(n_samples: int, max_samples: int | None) -> list[tuple[int, in
     return list(itertools.pairwise(edges))
 
 
-def _max_samples(max_seconds: float | None, sample_rate: int) -> int | None:
-    if max_seconds is None:
-        return None
-    if not max_seconds >= 1.0:
+def _max_samples(model: Embedder, max_seconds: float | None) -> int | None:
+    """The window length in samples: ``max_seconds``, capped by the model's input limit."""
+    if max_seconds is not None and not max_seconds >= 1.0:
         raise ConfigError(f"max_seconds must be at least 1 s (or None), got {max_seconds!r}")
-    return int(max_seconds * sample_rate)
+    limits = [max_seconds, getattr(model, "max_input_seconds", None)]
+    seconds = min((limit for limit in limits if limit is not None), default=None)
+    return None if seconds is None else int(seconds * model.sample_rate)
 
 
 def _silent(piece: np.ndarray) -> bool:
@@ -124,7 +130,7 @@ def embed_waveforms(
     Returns:
         (len(waveforms), E) float32, in input order.
     """
-    limit = _max_samples(max_seconds, model.sample_rate)
+    limit = _max_samples(model, max_seconds)
     pieces: list[np.ndarray] = []
     owners: list[int] = []
     for index, wave in enumerate(waveforms):
@@ -188,7 +194,7 @@ def embed_file(
     """
     source = str(path)
     rate = model.sample_rate
-    limit = _max_samples(max_seconds, rate)
+    limit = _max_samples(model, max_seconds)
     duration = audio_duration(path)  # raises AudioError for missing / undecodable files
     if limit is None or duration * rate <= limit:
         wave = load_audio(path, sample_rate=rate)
@@ -317,7 +323,7 @@ def extract_embeddings(
     very long file does not need memory for all of it. Unreadable or unusable files are
     recorded in ``failures`` and the others are still embedded.
     """
-    limit = _max_samples(max_seconds, model.sample_rate)
+    limit = _max_samples(model, max_seconds)
     durations = []
     failures: list[tuple[str, str]] = []
     for utt, path in items:
@@ -379,6 +385,7 @@ class SharedFrontendModel(torch.nn.Module):
         self.frontend = frontend
         self.backends = torch.nn.ModuleDict(backends)
         self.sample_rate = frontend.sample_rate
+        self.max_input_seconds = getattr(frontend, "max_input_seconds", None)
         self.embed_dim = sum(b.embed_dim for b in backends.values())
 
     def columns(self) -> dict[str, slice]:

@@ -89,6 +89,11 @@ class SpeakerModel(SpeakerAPI, nn.Module):
     def sample_rate(self) -> int:
         return self.frontend.sample_rate
 
+    @property
+    def max_input_seconds(self) -> float | None:
+        """The longest input the frontend takes at once (longer ones are windowed)."""
+        return self.frontend.max_input_seconds
+
     def _hidden_states(
         self, waveforms: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from lapsv.errors import ConfigError
 from lapsv.frontends.base import Frontend, FrontendOutput
 from lapsv.frontends.ge2e import GE2EEncoder, GE2EFrontend
 from lapsv.frontends.hf import HFFrontend, hf_frontend_from_config
+from lapsv.frontends.whisper import WhisperFrontend, whisper_frontend_from_config
 
 
 def _ge2e(config: FrontendConfig, *, pretrained: bool, trust_pickle: bool = False) -> Frontend:
@@ -22,6 +23,7 @@ def _ge2e(config: FrontendConfig, *, pretrained: bool, trust_pickle: bool = Fals
 FRONTENDS: dict[str, Callable[..., Frontend]] = {
     "ge2e": _ge2e,
     "hf": hf_frontend_from_config,
+    "whisper": whisper_frontend_from_config,
 }
 
 
@@ -32,8 +34,8 @@ def build_frontend(
 
     Args:
         config: which encoder and how it is trained.
-        pretrained: load pre-trained weights (GE2E from resemblyzer's wheel, HF from
-            ``config.source``); False builds the recorded architecture with random
+        pretrained: load pre-trained weights (GE2E from resemblyzer's wheel, HF and Whisper
+            from ``config.source``); False builds the recorded architecture with random
             weights, to be filled from a saved model's safetensors.
         trust_pickle: allow a Hugging Face source whose only weights are a pickle.
     """
@@ -49,5 +51,6 @@ __all__ = [
     "GE2EEncoder",
     "GE2EFrontend",
     "HFFrontend",
+    "WhisperFrontend",
     "build_frontend",
 ]

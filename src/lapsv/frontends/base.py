@@ -21,7 +21,8 @@ class FrontendOutput(NamedTuple):
 class Frontend(nn.Module, abc.ABC):
     """A pre-trained speech encoder exposing its L hidden layers of width D.
 
-    Subclasses set ``n_layers``, ``hidden_size`` and ``sample_rate`` and implement
+    Subclasses set ``n_layers``, ``hidden_size``, ``sample_rate`` and, for an encoder with a
+    longest input (Whisper: 30 s), ``max_input_seconds``; and they implement
     :meth:`frame_lengths`, :meth:`forward` and :meth:`config`. A frozen frontend has no
     trainable parameters and stays in eval mode whatever ``train()`` asks.
     """
@@ -29,6 +30,7 @@ class Frontend(nn.Module, abc.ABC):
     n_layers: int
     hidden_size: int
     sample_rate: int = 16_000
+    max_input_seconds: float | None = None
     frozen: bool = True
 
     @abc.abstractmethod

@@ -38,7 +38,7 @@ HF_ENCODERS: dict[str, tuple[str, str]] = {
 }
 
 
-def _transformers() -> ModuleType:
+def import_transformers() -> ModuleType:
     """The transformers package, imported on first use."""
     return importlib.import_module("transformers")
 
@@ -49,7 +49,7 @@ def _encoder_classes(model_type: str, source: str) -> tuple[type, type]:
             f"{source}: model type '{model_type}' is not a supported speech encoder; "
             f"supported: {', '.join(HF_ENCODERS)}"
         )
-    library = _transformers()
+    library = import_transformers()
     config_class, model_class = HF_ENCODERS[model_type]
     return getattr(library, config_class), getattr(library, model_class)
 
@@ -143,7 +143,7 @@ class HFFrontend(Frontend):
         (``pytorch_model.bin``) is refused unless ``trust_pickle``.
         """
         try:
-            hf_config = _transformers().AutoConfig.from_pretrained(source)
+            hf_config = import_transformers().AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"cannot load the speech encoder '{source}' ({error}). Without network access, "
@@ -266,7 +266,7 @@ def _enable_activation_checkpointing(model: transformers.PreTrainedModel) -> Non
 def _reads_do_normalize(source: str) -> bool:
     """The source's feature-extractor choice of waveform normalisation (False if absent)."""
     try:
-        extractor = _transformers().AutoFeatureExtractor.from_pretrained(source)
+        extractor = import_transformers().AutoFeatureExtractor.from_pretrained(source)
     except (OSError, ValueError):
         return False
     return bool(getattr(extractor, "do_normalize", False))

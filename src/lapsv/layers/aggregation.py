@@ -24,6 +24,8 @@ class LayerAttentivePooling(nn.Module):
         n_heads: H.
         out_dim: C.
         score_dropout: dropout on the layer scores during training.
+        per_layer_norm: normalise each layer with its own statistics first
+            (:class:`PerLayerNorm`); the shared input BatchNorm follows it.
 
     Example:
         >>> lap = LayerAttentivePooling(n_layers=13, in_dim=64, n_heads=4, out_dim=32).eval()
@@ -40,6 +42,7 @@ class LayerAttentivePooling(nn.Module):
         n_heads: int = 16,
         out_dim: int = 512,
         score_dropout: float = 0.1,
+        per_layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if in_dim % n_heads:
@@ -48,6 +51,7 @@ class LayerAttentivePooling(nn.Module):
             raise ValueError(f"LAP needs at least 2 layers to weigh, got n_layers={n_layers}")
         self.n_layers, self.in_dim, self.n_heads, self.out_dim = n_layers, in_dim, n_heads, out_dim
         squeezed = n_layers // 2
+        self.layer_norm = PerLayerNorm(n_layers, in_dim) if per_layer_norm else nn.Identity()
         # BatchNorm + 1x1 conv over channels, shared by every layer and frame; kept as
         # BatchNorm1d + Linear modules (their parameters and buffers), applied to (B*L*T, D)
         # rows as one folded matmul by _project.
@@ -138,7 +142,7 @@ class LayerAttentivePooling(nn.Module):
     def _scored_layers(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, T, D) -> projected heads (B, L, T, H, d), layer scores (B, T, H, L)."""
         batch, n_layers, frames, dim = hidden_states.shape
-        x = self._project(hidden_states.reshape(-1, dim))
+        x = self._project(self.layer_norm(hidden_states).reshape(-1, dim))
         x = x.view(batch, n_layers, frames, self.n_heads, dim // self.n_heads)
         # sum (not mean) and max (not amax): their backward passes are a broadcast and a
         # scatter, not full-size divisions and comparison masks
@@ -167,7 +171,8 @@ class LayerAttentivePooling(nn.Module):
 
 
 class SuperbWeightedSum(nn.Module):
-    """SUPERB baseline: one learnable weight per layer, softmax over layers, weighted sum.
+    """SUPERB baseline: one learnable weight per layer, softmax over layers, weighted sum
+    (of the layers normalised by :class:`PerLayerNorm` when ``per_layer_norm``).
 
     Example:
         >>> superb = SuperbWeightedSum(n_layers=3, in_dim=8)
@@ -176,30 +181,68 @@ class SuperbWeightedSum(nn.Module):
         ((2, 8, 5), 1.0)
     """
 
-    def __init__(self, n_layers: int, in_dim: int) -> None:
+    def __init__(self, n_layers: int, in_dim: int, *, per_layer_norm: bool = False) -> None:
         super().__init__()
         self.n_layers, self.out_dim = n_layers, in_dim
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
+        self.layer_norm = PerLayerNorm(n_layers, in_dim) if per_layer_norm else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, T, D) -> features (B, D, T), weights (B, 1, T, L) summing to 1 over L."""
         weights = torch.softmax(self.layer_logits, dim=0)
-        features = torch.einsum("bltd,l->bdt", hidden_states, weights)
+        features = torch.einsum("bltd,l->bdt", self.layer_norm(hidden_states), weights)
         batch, _, frames, _ = hidden_states.shape
         return features, weights.expand(batch, 1, frames, self.n_layers)
 
 
-class LastLayer(nn.Module):
-    """Baseline that uses only the last hidden layer (no parameters)."""
+class SingleLayer(nn.Module):
+    """Baseline that uses one hidden layer only: the last one by default. With
+    ``per_layer_norm`` that layer gets its own BatchNorm (otherwise no parameters).
 
-    def __init__(self, n_layers: int, in_dim: int) -> None:
+    Example:
+        >>> single = SingleLayer(n_layers=3, in_dim=8, index=1)
+        >>> features, weights = single(torch.randn(2, 3, 5, 8))
+        >>> tuple(features.shape), weights[0, 0, 0].tolist()
+        ((2, 8, 5), [0.0, 1.0, 0.0])
+    """
+
+    def __init__(
+        self, n_layers: int, in_dim: int, *, index: int = -1, per_layer_norm: bool = False
+    ) -> None:
         super().__init__()
-        self.n_layers, self.out_dim = n_layers, in_dim
+        if not -n_layers <= index < n_layers:
+            raise ValueError(f"layer index {index} is outside the {n_layers} hidden layers")
+        self.n_layers, self.out_dim, self.index = n_layers, in_dim, index % n_layers
+        self.layer_norm = nn.BatchNorm1d(in_dim) if per_layer_norm else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, T, D) -> features (B, D, T), one-hot weights (B, 1, T, L)."""
         batch, n_layers, frames, _ = hidden_states.shape
         weights = hidden_states.new_zeros(n_layers)
-        weights[-1] = 1.0
-        features = hidden_states[:, -1].transpose(1, 2)
+        weights[self.index] = 1.0
+        features = self.layer_norm(hidden_states[:, self.index].transpose(1, 2))
         return features, weights.expand(batch, 1, frames, n_layers)
+
+
+class PerLayerNorm(nn.Module):
+    """BatchNorm with statistics per hidden layer AND channel: (B, L, T, D) -> (B, L, T, D).
+
+    For frontends whose layers differ in scale (Whisper's residual stream grows with depth),
+    so that no layer dominates an aggregation by its size alone. In eval mode it is a fixed
+    affine map per (layer, channel), so padding never changes a valid frame.
+
+    Example:
+        >>> norm = PerLayerNorm(n_layers=3, in_dim=4)
+        >>> x = torch.randn(2, 3, 50, 4) * torch.tensor([1.0, 10.0, 100.0])[:, None, None]
+        >>> norm(x).std(dim=(0, 2, 3)).round(decimals=1).tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, n_layers: int, in_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_layers * in_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, n_layers, frames, dim = hidden_states.shape
+        rows = hidden_states.transpose(2, 3).reshape(batch, n_layers * dim, frames)
+        return self.norm(rows).view(batch, n_layers, dim, frames).transpose(2, 3)

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
+from torch import nn
 
 from lapsv.backend import SpeakerBackend
 from lapsv.data.manifest import Manifest, read_manifest
 from lapsv.frontends import Frontend
 from lapsv.inference import SharedFrontendModel, extract_embeddings
 from lapsv.training.config import DataConfig
+
+
+class MemoizedFrontend(nn.Module):
+    """A frozen frontend that remembers its outputs (on the CPU) by input content.
+
+    Validation embeds the same utterances after every epoch; with a frozen frontend their
+    hidden states never change, so the encoder runs once per batch and later epochs only
+    run the backends (a Whisper encoder costs minutes per pass on a CPU). The outputs are
+    kept exactly (float32), so results equal those of the frontend itself.
+    """
+
+    def __init__(self, frontend: Frontend) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.sample_rate = frontend.sample_rate
+        self.memo: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
+        key = hashlib.blake2b(waveforms.detach().cpu().numpy().tobytes())
+        key.update(lengths.cpu().numpy().tobytes())
+        digest = key.digest()
+        if digest not in self.memo:
+            hidden, frames = self.frontend(waveforms, lengths)
+            self.memo[digest] = (hidden.cpu(), frames.cpu())
+        hidden, frames = self.memo[digest]
+        return hidden.to(waveforms.device), frames.to(waveforms.device)
 
 
 class Validator:
@@ -28,6 +57,7 @@ class Validator:
         self.trials = read_trials(trials_path)
         self.mean_items = [(u.utt, mean_source.audio_path(u)) for u in mean_source]
         self.batch_size = batch_size
+        self.memo: MemoizedFrontend | None = None
 
     @classmethod
     def from_config(
@@ -48,11 +78,16 @@ class Validator:
     ) -> dict[str, dict[str, float]]:
         """Per backend: ``val_eer`` (%), ``val_min_dcf_0.01``, ``val_min_dcf_0.05``.
 
-        The frontend runs once per batch for all backends (see :class:`SharedFrontendModel`).
+        The frontend runs once per batch for all backends (see :class:`SharedFrontendModel`),
+        and a frozen one only at the first call (:class:`MemoizedFrontend`).
         """
         from lapsv.scoring.metrics import compute_metrics
         from lapsv.scoring.norm import cosine_scores, embedding_mean
 
+        if frontend.frozen:
+            if self.memo is None or self.memo.frontend is not frontend:
+                self.memo = MemoizedFrontend(frontend)
+            frontend = self.memo
         model = SharedFrontendModel(frontend, backends)
         kwargs = {"batch_size": self.batch_size, "device": device}
         embeddings = extract_embeddings(model, self.items, **kwargs)
