@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pytest
 
 from lapsv import load_model
@@ -46,33 +48,52 @@ def test_demo_writes_the_report_with_every_system(demo_out):
         "data.mean_utterances=8",
     ]
     overrides += ["data.musan=null", "data.rirs=null", "data.cached_views=1"]
-    result = run_demo(demo_out, overrides=overrides, log=lambda _: None)
+    result = run_demo(demo_out, overrides=overrides, budget_minutes=60, log=lambda _: None)
     report = result.report.read_text()
+    flat = report.replace("\n", " ")
+    ge2e, whisper = report.split("## Whisper-base encoder")
     for system in ("LAP + ASTP", "SUPERB + ASTP", "last layer + ASTP", "GE2E's own embedding"):
-        assert f"| {system} |" in report
-        assert f"| {system} + mean sub. |" in report
-    assert "| LAP + ASTP + AS-norm + QMF |" in report
-    assert "| LAP + ASTP, stage 2 + mean sub. |" in report  # joint fine-tuning fitted the budget
-    before = result.results["LAP + ASTP + mean sub."]["eer"]
-    after = result.results["LAP + ASTP, stage 2 + mean sub."]["eer"]
+        assert f"| {system} |" in ge2e
+        assert f"| {system} + mean sub. |" in ge2e
+    profile = result_profile(demo_out)
+    best = ("emb", "L1", "L2", "L3", "L4", "L5", "L6")[int(np.argmin(profile))]
+    for system in (
+        "LAP + ASTP",
+        "SUPERB + ASTP",
+        "last layer + ASTP",
+        f"best single layer ({best}) + ASTP",
+    ):
+        assert f"| {system} + mean sub. |" in whisper
+    assert f"Best: {best}, the layer of the best-single-layer system." in whisper.replace("\n", " ")
+    model = load_model(demo_out / "whisper-base" / "stage1" / "layer_astp" / "model")
+    assert model.config.backend.layer_index == int(np.argmin(profile))
+    assert "| LAP + ASTP + AS-norm + QMF |" in ge2e and "| LAP + ASTP + AS-norm + QMF |" in whisper
+    assert "| LAP + ASTP, stage 2 + mean sub. |" in ge2e  # joint fine-tuning fitted the budget
+    assert "| LAP + ASTP, stage 2 + mean sub. |" in whisper
+    before = result.results["ge2e"]["LAP + ASTP + mean sub."]["eer"]
+    after = result.results["ge2e"]["LAP + ASTP, stage 2 + mean sub."]["eer"]
     verdict = "it helps" if after < before else "it does not help"
     assert f"EER with mean subtraction {before:.2f} -> {after:.2f} %, so on this run {verdict}" in (
-        report.replace("\n", " ")
+        flat
     )
-    assert "of the (frame, channel) cells; one layer wins more than 90 % of the frames on" in (
-        report.replace("\n", " ")
-    )
-    for picture in ("det.png", "layers.png", "stage1/curves.png"):
-        assert (demo_out / picture).stat().st_size > 10_000
+    assert "of the (frame, channel) cells: LSTM 1" in flat and "cells: emb" in flat
+    pictures = ["det.png", "layers.png", "stage1/curves.png", "profile.png"]
+    pictures += [f"whisper-base/{p}" for p in ("det.png", "layers.png", "stage1/curves.png")]
+    for picture in pictures:
+        assert (demo_out / picture).stat().st_size > 10_000, picture
     model = load_model(demo_out / "stage1" / "lap_astp" / "model")
     assert model.config.backend.aggregation == "lap"
     assert (demo_out / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
-    # re-runnable: finished stages are reused; a second seed adds one stage-1 run
-    again = run_demo(demo_out, overrides=overrides, seeds=2, log=lambda _: None)
-    assert again.results.keys() == result.results.keys()
-    assert again.results["LAP + ASTP + mean sub."] == result.results["LAP + ASTP + mean sub."]
+    assert (demo_out / "whisper-base" / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
+    # re-runnable: finished stages are reused; a second seed adds one stage-1 run per side
+    again = run_demo(demo_out, overrides=overrides, seeds=2, frontends=["ge2e"], log=lambda _: None)
+    assert again.results["ge2e"].keys() == result.results["ge2e"].keys()
+    assert (
+        again.results["ge2e"]["LAP + ASTP + mean sub."]
+        == (result.results["ge2e"]["LAP + ASTP + mean sub."])
+    )
     assert (demo_out / "stage1-seed1" / "lap_astp" / "model" / "model.safetensors").is_file()
-    seed_table = again.report.read_text().split("## The same stage 1 with other seeds")[1]
+    seed_table = again.report.read_text().split("### The same stage 1 with other seeds")[1]
     row = next(line for line in seed_table.splitlines() if line.startswith("| LAP + ASTP |"))
     seed0, seed1, spread = (cell.strip() for cell in row.strip("|").split("|")[1:])
     assert float(seed0) == pytest.approx(before, abs=0.005)
@@ -87,3 +108,9 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     gap = float(paired.split(": ")[1].split(" ± ")[0])
     assert gap == pytest.approx(sum(gaps) / 2, abs=0.011)  # from the table's rounded cells
     assert f"LAP better on {sum(gap < 0 for gap in gaps)} of 2 seeds" in paired
+
+
+def result_profile(demo_out):
+    return json.loads((demo_out / "results.json").read_text())["whisper-base"][
+        "profile EER % per layer"
+    ]

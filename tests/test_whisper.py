@@ -262,3 +262,63 @@ def test_whisper_base_hidden_states_equal_transformers_on_30_s(whisper_base, cli
     for layer, reference in enumerate(expected):
         scale = reference.abs().max()
         assert (hidden[0, layer] - reference[0]).abs().max() < 1e-4 * max(scale, 1.0), layer
+
+
+# --- the product verbs on a Whisper-frontend model ---
+
+
+@pytest.fixture(scope="module")
+def whisper_model_dir(tiny_ct2, tmp_path_factory):
+    """LAP + ASTP on the tiny Whisper (from its faster-whisper folder), with calibration.
+
+    Its position table is 1 s, so the clips (3-4 s) are embedded in windows.
+    """
+    from test_api import add_calibration
+
+    frontend = build_frontend(FrontendConfig(name="whisper", source=str(tiny_ct2)))
+    backend = build_backend(
+        "lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_out_dim=32, embed_dim=16
+    )
+    directory = SpeakerModel(frontend, backend).eval().save(tmp_path_factory.mktemp("w") / "m")
+    add_calibration(directory, 16)
+    return directory
+
+
+def test_cli_embed_verify_and_export_with_a_whisper_model(
+    whisper_model_dir, clips, tmp_path, capsys
+):
+    import re
+
+    from lapsv.cli import main
+    from lapsv.loading import load_model
+
+    model = load_model(whisper_model_dir)
+    assert model.max_input_seconds == 1.0
+    out = tmp_path / "e.npz"
+    assert (
+        main(["embed", str(whisper_model_dir), *map(str, clips.values()), "--out", str(out)]) == 0
+    )
+    assert "embedded 4 of 4 files" in capsys.readouterr().out
+    saved = np.load(out)
+    row = [i.endswith("speaker_a_1.flac") for i in saved["ids"]].index(True)
+    wave = load_audio(clips["speaker_a_1"])
+    windows = [wave[a:b] for a, b in ((0, len(wave) // 4), (len(wave) // 4, len(wave) // 2),
+               (len(wave) // 2, 3 * len(wave) // 4), (3 * len(wave) // 4, len(wave)))]  # fmt: skip
+    assert len(wave) / 16000 == pytest.approx(3.5, abs=0.01)  # 4 windows of at most 1 s
+    waveforms, lengths = pad_batch(windows)
+    expected = model.embed(waveforms, lengths).mean(dim=0).numpy()
+    assert np.abs(saved["embeddings"][row] - expected).max() < 1e-4
+    a, b = str(clips["speaker_a_1"]), str(clips["speaker_b_1"])
+    assert main(["verify", str(whisper_model_dir), a, b]) == 0
+    verdict = capsys.readouterr().out
+    assert re.search(r"calibrated LLR: [-+]\d", verdict) and "decision:" in verdict
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(whisper_model_dir), "--format", "onnx", "--out", str(onnx)]) == 0
+    printed = capsys.readouterr().out
+    figures = re.search(r"difference: 1 s: ([\d.e+-]+)\n", printed)  # the tiny one takes 1 s
+    assert figures and float(figures.group(1)) < 1e-4
+    exported = load_model(onnx)
+    assert exported.max_input_seconds == 1.0
+    assert np.abs(exported.embed(a) - model.embed(a)).max() < 1e-4  # windowed the same way
+    assert main(["verify", str(onnx), a, b]) == 0
+    assert capsys.readouterr().out == verdict

@@ -201,11 +201,15 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def _example_inputs(sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two items of different lengths, so nothing is specialised to one length or batch."""
+def _example_inputs(
+    sample_rate: int, max_seconds: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two items of different lengths, so nothing is specialised to one length or batch;
+    2 s, or the longest input the model takes at once if that is shorter."""
     generator = torch.Generator().manual_seed(0)
-    waveforms = 0.1 * torch.randn(2, 2 * sample_rate, generator=generator)
-    lengths = torch.tensor([2 * sample_rate, sample_rate + sample_rate // 3])
+    longest = int(min(2.0, max_seconds or 2.0) * sample_rate)
+    waveforms = 0.1 * torch.randn(2, longest, generator=generator)
+    lengths = torch.tensor([longest, 2 * longest // 3])
     waveforms[1, lengths[1] :] = 0
     return waveforms, lengths
 
@@ -267,7 +271,10 @@ def export_model(
     if format == "onnx":
         _replace_mel(graph)
     metadata = model_metadata(model, source)
-    example = _example_inputs(model.sample_rate)
+    limit = getattr(model, "max_input_seconds", None)
+    example = _example_inputs(model.sample_rate, limit)
+    # the graph takes inputs up to the model's limit (lapsv windows longer ones before it)
+    check_seconds = [s for s in check_seconds if limit is None or s <= limit] or [limit]
     with atomic_path(out) as tmp, torch.no_grad(), _quiet_export():
         if format == "onnx":
             _export_onnx(graph, example, tmp, metadata)

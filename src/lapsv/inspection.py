@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapsv.files import atomic_path
 from lapsv.layers.aggregation import LayerAttentivePooling
 from lapsv.model import SpeakerModel
+from lapsv.scoring.plots import pyplot, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +24,12 @@ class LayerView:
             softmax weights, H=1; ``last`` a one-hot on the last layer).
         winners: (T, D) for LAP: the layer its max keeps per frame and channel (see
             :func:`winner_statistics`); ``None`` for other aggregations.
+        frames_per_second: the frontend's frame rate (time axis of plots).
     """
 
     weights: np.ndarray
     winners: np.ndarray | None
+    frames_per_second: float
 
 
 def layer_view(model: SpeakerModel, waveform: np.ndarray) -> LayerView:
@@ -43,6 +45,7 @@ def layer_view(model: SpeakerModel, waveform: np.ndarray) -> LayerView:
     return LayerView(
         weights[0, :, :valid].float().cpu().numpy(),
         None if winners is None else winners[0, :valid].cpu().numpy(),
+        model.frontend.frames_per_second,
     )
 
 
@@ -95,11 +98,7 @@ def plot_layer_weights(
     Layer 0 is the frontend's first hidden state (CNN/feature projection, or GE2E's first
     LSTM layer); time runs left to right.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heads, frames, layers = weights.shape
     shown = min(heads, max_heads)
     columns = min(shown, 4) if heads > 1 else 1
@@ -129,8 +128,7 @@ def plot_layer_weights(
         axis.set_title(f"head {head}", fontsize=8)
         axis.tick_params(labelsize=6)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
-    return path
+    try:
+        return save_figure(figure, path)
+    finally:
+        plt.close(figure)

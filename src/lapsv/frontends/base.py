@@ -45,6 +45,12 @@ class Frontend(nn.Module, abc.ABC):
     def config(self) -> FrontendConfig:
         """The resolved config that rebuilds this frontend's architecture."""
 
+    @property
+    def frames_per_second(self) -> float:
+        """Hidden-state frames per second of audio (100 for GE2E, 50 for Transformers)."""
+        minute = torch.tensor([60 * self.sample_rate])
+        return float(self.frame_lengths(minute)[0]) / 60
+
     def set_frozen(self, frozen: bool) -> None:
         """Freeze (no gradients, eval mode) or unfreeze every parameter."""
         self.frozen = frozen

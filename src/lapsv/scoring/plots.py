@@ -13,13 +13,13 @@ from lapsv.errors import ScoringError
 from lapsv.files import atomic_path
 from lapsv.scoring.metrics import _det, _eer, _validated
 
-__all__ = ["plot_det", "plot_score_histogram"]
+__all__ = ["plot_det", "plot_score_histogram", "pyplot", "save_figure"]
 
 _TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)  # percent, axes from 0.05 % to 50 %
 _LOW_TICKS = (0.01, 0.05, 0.2, 1, 2, 5, 10, 20, 40)  # axes from 0.01 %, when an EER < 1 %
 
 
-def _pyplot() -> ModuleType:
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the Agg backend, imported only when a plot is drawn."""
     import matplotlib
 
@@ -37,7 +37,7 @@ def _thin(x: np.ndarray, y: np.ndarray, *, step: float = 2e-3) -> tuple[np.ndarr
     return x[keep], y[keep]
 
 
-def _save(figure: object, path: str | Path) -> Path:
+def save_figure(figure: object, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")  # type: ignore[attr-defined]
@@ -75,7 +75,7 @@ def plot_det(
     low, ticks = (1e-4, _LOW_TICKS) if lowest < 0.01 else (5e-4, _TICKS)
     high = 0.5
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 6.0))
     for system, ((p_miss, p_fa, _), eer) in results.items():
         x = norm.ppf(np.clip(p_fa, low / 10, 1 - low / 10))
@@ -99,7 +99,7 @@ def plot_det(
     axis.legend(loc="upper right", fontsize=9)
     figure.tight_layout()
     try:
-        return _save(figure, path)
+        return save_figure(figure, path)
     finally:
         plt.close(figure)
 
@@ -117,7 +117,7 @@ def plot_score_histogram(
     edges = np.linspace(scores.min(), scores.max(), 101)
     if edges[0] == edges[-1]:
         edges = np.linspace(edges[0] - 0.5, edges[0] + 0.5, 101)
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7.0, 4.5))
     n_target = int(is_target.sum())
     axis.hist(
@@ -146,6 +146,6 @@ def plot_score_histogram(
     axis.legend(fontsize=9)
     figure.tight_layout()
     try:
-        return _save(figure, path)
+        return save_figure(figure, path)
     finally:
         plt.close(figure)
