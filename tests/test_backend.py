@@ -9,7 +9,7 @@ import torch
 
 from lapsv import build_backend
 from lapsv.errors import ConfigError
-from lapsv.layers.aggregation import LayerAttentivePooling, SuperbWeightedSum
+from lapsv.layers.aggregation import LayerAttentivePooling, PerLayerNorm, SuperbWeightedSum
 
 AGGREGATIONS = ["lap", "superb", "last"]
 SPEAKER_NETS = ["astp", "ecapa", "mhfa"]
@@ -22,11 +22,46 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(
     ("in_dim", "n_layers", "expected"),
-    [(1024, 25, 2_312_464), (768, 13, 1_714_480)],
+    [(1024, 25, 2_312_464), (768, 13, 1_714_480), (512, 7, 1_252_992)],  # last: Whisper-base
 )
 def test_lap_astp_parameter_count_matches_paper(in_dim, n_layers, expected):
     backend = build_backend("lap", "astp", in_dim=in_dim, n_layers=n_layers)
     assert count_parameters(backend) == expected
+    normed = build_backend("lap", "astp", in_dim=in_dim, n_layers=n_layers, per_layer_norm=True)
+    assert count_parameters(normed) == expected  # per-layer statistics are buffers only
+
+
+def test_per_layer_norm_is_batchnorm_per_layer_and_channel():
+    norm = PerLayerNorm(n_layers=3, in_dim=4)
+    reference = torch.nn.BatchNorm1d(12, affine=False)
+    scales = torch.tensor([1.0, 30.0, 500.0])[:, None, None]  # Whisper-like growth with depth
+    for _ in range(3):  # batch statistics and running averages, as BatchNorm computes them
+        hidden = torch.randn(5, 3, 20, 4) * scales + 7
+        rows = hidden.transpose(2, 3).reshape(5, 12, 20)
+        expected = reference(rows).view(5, 3, 4, 20).transpose(2, 3)
+        assert torch.allclose(norm(hidden), expected, atol=1e-5)
+    assert torch.allclose(norm.norm.running_var, reference.running_var)
+    assert int(norm.norm.num_batches_tracked) == 3
+    norm.eval(), reference.eval()
+    expected = reference(rows).view(5, 3, 4, 20).transpose(2, 3)
+    assert torch.allclose(norm(hidden), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["lap", "superb", "last", "layer"])
+def test_per_layer_norm_keeps_padding_invariance(aggregation):
+    options = {"layer_index": 1} if aggregation == "layer" else {}
+    backend = build_backend(
+        aggregation, "astp", in_dim=32, n_layers=5, per_layer_norm=True, **SMALL, **options
+    )
+    backend.train()(torch.randn(8, 5, 40, 32) * 50, torch.full((8,), 40))  # running statistics
+    backend.eval()
+    lengths = torch.tensor([40, 13])
+    hidden = torch.randn(2, 5, 40, 32) * 50
+    hidden[1, :, 13:] = 1e4
+    with torch.no_grad():
+        batched = backend(hidden, lengths)
+        alone = backend(hidden[1:, :, :13], lengths[1:])
+    assert (alone - batched[1]).abs().max() < 1e-4
 
 
 def test_ecapa_widths_and_relative_size():

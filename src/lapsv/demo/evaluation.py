@@ -12,9 +12,9 @@ import numpy as np
 from lapsv.data.manifest import read_manifest
 from lapsv.demo.sides import Side
 from lapsv.evaluate import score_trials
-from lapsv.inference import SharedFrontendModel, extract_embeddings
+from lapsv.inference import EmbeddingSet, SharedFrontendModel, extract_embeddings
 from lapsv.loading import load_model
-from lapsv.scoring.trials import read_trials
+from lapsv.scoring.trials import Trials, read_trials
 
 MEAN_SUB = " + mean sub."
 
@@ -47,36 +47,8 @@ def evaluate_side(
     LAP + ASTP with AS-norm + QMF, whose calibration is saved beside its model.
     """
     trials = read_trials(corpus / "trials" / "test.txt")
-    audio = corpus / "audio"
-    test_items = [(u, audio / u) for u in sorted(set(trials.enroll) | set(trials.test))]
-    cohort_manifest = read_manifest(corpus / "cohort.tsv")
-    cohort_items = [(u.utt, cohort_manifest.audio_path(u)) for u in cohort_manifest]
-    speaker_of = {u.utt: u.speaker for u in cohort_manifest}
-    parts = {"test": test_items, "cohort": cohort_items}
-
-    loaded = {
-        (seed, name): load_model(path)
-        for seed, runs in models.items()
-        for name, path in runs.items()
-    }
-    frontend = next(iter(loaded.values())).frontend
-    shared = SharedFrontendModel(frontend, {f"{n}@{s}": m.backend for (s, n), m in loaded.items()})
-    embedded = {
-        part: extract_embeddings(shared, items, progress=True) for part, items in parts.items()
-    }
-    sets = {
-        key: {part: embedded[part].columns(span) for part in parts}
-        for key, span in shared.columns().items()
-    }
+    sets, speaker_of = _embed(side, models, trials, corpus, stage2)
     first = min(models)
-    others = {"builtin": side.builtin, "stage2": stage2}
-    for key, model_path in others.items():
-        if model_path is not None:  # models with frontends of their own
-            model = load_model(model_path)
-            sets[key] = {
-                part: extract_embeddings(model, items, progress=True)
-                for part, items in parts.items()
-            }
     names = {f"{n}@{first}": label for n, label in labels.items()}
     names |= {"builtin": side.builtin_label, "stage2": "LAP + ASTP, stage 2"}
 
@@ -121,3 +93,45 @@ def evaluate_side(
     )
     table["LAP + ASTP + AS-norm + QMF"] = calibrated.metrics
     return SideResults(table, seeds, det)
+
+
+EmbeddingParts = dict[str, dict[str, EmbeddingSet]]
+
+
+def _embed(
+    side: Side,
+    models: dict[int, dict[str, Path]],
+    trials: Trials,
+    corpus: Path,
+    stage2: Path | None,
+) -> tuple[EmbeddingParts, dict[str, str]]:
+    """key -> {"test", "cohort"} -> embeddings, for "name@seed" of every trained system (one
+    pass of their shared frozen frontend), "builtin" and "stage2"; and cohort speakers."""
+    audio = corpus / "audio"
+    test_items = [(u, audio / u) for u in sorted(set(trials.enroll) | set(trials.test))]
+    cohort_manifest = read_manifest(corpus / "cohort.tsv")
+    cohort_items = [(u.utt, cohort_manifest.audio_path(u)) for u in cohort_manifest]
+    speaker_of = {u.utt: u.speaker for u in cohort_manifest}
+    parts = {"test": test_items, "cohort": cohort_items}
+    loaded = {
+        (seed, name): load_model(path)
+        for seed, runs in models.items()
+        for name, path in runs.items()
+    }
+    frontend = next(iter(loaded.values())).frontend
+    shared = SharedFrontendModel(frontend, {f"{n}@{s}": m.backend for (s, n), m in loaded.items()})
+    embedded = {
+        part: extract_embeddings(shared, items, progress=True) for part, items in parts.items()
+    }
+    sets = {
+        key: {part: embedded[part].columns(span) for part in parts}
+        for key, span in shared.columns().items()
+    }
+    for key, model_path in {"builtin": side.builtin, "stage2": stage2}.items():
+        if model_path is not None:  # models with frontends of their own
+            model = load_model(model_path)
+            sets[key] = {
+                part: extract_embeddings(model, items, progress=True)
+                for part, items in parts.items()
+            }
+    return sets, speaker_of

@@ -79,18 +79,7 @@ def run_demo(
     started = time.perf_counter()
     out = Path(out).resolve()
     corpus = out / "corpus"
-    log("[1/6] demo corpus (real voices from Debian packages)")
-    summary = demo_corpus.build_demo_corpus(corpus, cache=out / "cache", progress=log)
-    log(summary.format_table())
-    if not (corpus / "cohort.tsv").exists():  # for mean subtraction, AS-norm and QMF
-        train_set = read_manifest(corpus / "train.tsv")
-        write_manifest(
-            corpus / "cohort.tsv", train_set.sample_per_speaker(15).utterances, root=train_set.root
-        )
-    log("[2/6] noise, music, babble and simulated room impulse responses")
-    demo_noise.build_demo_noise(
-        out / "noise", speech_manifest=corpus / "train.tsv", cache=out / "cache"
-    )
+    summary = _prepare_data(out, log)
     paths = [
         f"data.train_manifest={corpus / 'train.tsv'}",
         f"data.val_manifest={corpus / 'val.tsv'}",
@@ -105,19 +94,8 @@ def run_demo(
         runs[side.name] = _stage1(side, corpus, out, [*paths, *overrides], log)
     evaluation = sum(side.evaluation_minutes for side in sides)
     for side in sides:
-        run = runs[side.name]
-        stage2_dir = side.directory(out) / "stage2"
         left = budget_minutes - (time.perf_counter() - started) / 60 - evaluation
-        if left >= side.stage2_minutes or (stage2_dir / "lap_astp" / "model").exists():
-            log(f"[4/6] stage 2 on {side.name}: joint fine-tuning of the frontend with LAP + ASTP")
-            run.stage2 = train(stage2_config(run.config, run.directory / "stage1"), stage2_dir)[
-                "lap_astp"
-            ]
-        else:
-            log(
-                f"[4/6] stage 2 on {side.name} skipped: {left:.1f} min left of the budget, "
-                f"it needs {side.stage2_minutes:.0f}"
-            )
+        _stage2(side, runs[side.name], left, log)
     for extra in range(1, seeds):
         for side in sides:
             run = runs[side.name]
@@ -127,24 +105,7 @@ def run_demo(
                 f"(run {extra + 1} of {seeds})"
             )
             run.models[seeded.seed] = train(seeded, run.directory / f"stage1-seed{seeded.seed}")
-    parts = []
-    for side in sides:
-        run = runs[side.name]
-        log(f"[5/6] evaluation of {side.name} on unseen test speakers")
-        results = evaluate_side(
-            side, run.models, run.labels, corpus, run.directory / "eval", stage2=run.stage2, log=log
-        )
-        plot_det(
-            None,
-            None,
-            run.directory / "det.png",
-            systems=results.det,
-            title=f"{side.name}, test speakers",
-        )
-        layers = _lap_layers(run.models[run.config.seed]["lap_astp"], corpus, run.directory, side)
-        parts.append(
-            SideReport(side, run.labels, results, run.config, run.profile, layers, STAGE2_EPOCHS)
-        )
+    parts = [_evaluate(side, runs[side.name], corpus, log) for side in sides]
     log("[6/6] plots and report")
     plot_profile({p.side.name: (p.profile, p.side.layer_names) for p in parts}, out / "profile.png")
     seconds = time.perf_counter() - started
@@ -160,6 +121,24 @@ def run_demo(
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     log(f"report: {report}  ({seconds / 60:.1f} min)")
     return DemoResult(report, {name: r["table"] for name, r in results.items()}, seconds)
+
+
+def _prepare_data(out: Path, log: Callable[[str], None]) -> demo_corpus.CorpusSummary:
+    """The corpus (with a cohort list) and the noise folders under ``out``."""
+    corpus = out / "corpus"
+    log("[1/6] demo corpus (real voices from Debian packages)")
+    summary = demo_corpus.build_demo_corpus(corpus, cache=out / "cache", progress=log)
+    log(summary.format_table())
+    if not (corpus / "cohort.tsv").exists():  # for mean subtraction, AS-norm and QMF
+        train_set = read_manifest(corpus / "train.tsv")
+        write_manifest(
+            corpus / "cohort.tsv", train_set.sample_per_speaker(15).utterances, root=train_set.root
+        )
+    log("[2/6] noise, music, babble and simulated room impulse responses")
+    demo_noise.build_demo_noise(
+        out / "noise", speech_manifest=corpus / "train.tsv", cache=out / "cache"
+    )
+    return summary
 
 
 @dataclasses.dataclass
@@ -196,6 +175,32 @@ def _stage1(
     log(f"      stage 1: {', '.join(labels.values())} on frozen {side.name} layers")
     models = train(recipe, directory / "stage1")
     return _SideRun(recipe, directory, profile, labels, {recipe.seed: models})
+
+
+def _stage2(side: Side, run: _SideRun, minutes_left: float, log: Callable[[str], None]) -> None:
+    """Stage 2 of the side if it fits the minutes left (or was already trained)."""
+    stage2_dir = run.directory / "stage2"
+    if minutes_left >= side.stage2_minutes or (stage2_dir / "lap_astp" / "model").exists():
+        log(f"[4/6] stage 2 on {side.name}: joint fine-tuning of the frontend with LAP + ASTP")
+        config = stage2_config(run.config, run.directory / "stage1")
+        run.stage2 = train(config, stage2_dir)["lap_astp"]
+    else:
+        log(
+            f"[4/6] stage 2 on {side.name} skipped: {minutes_left:.1f} min left of the budget, "
+            f"it needs {side.stage2_minutes:.0f}"
+        )
+
+
+def _evaluate(side: Side, run: _SideRun, corpus: Path, log: Callable[[str], None]) -> SideReport:
+    """Test metrics, DET curves and LAP's layer statistics of one side."""
+    log(f"[5/6] evaluation of {side.name} on unseen test speakers")
+    results = evaluate_side(
+        side, run.models, run.labels, corpus, run.directory / "eval", stage2=run.stage2, log=log
+    )
+    title = f"{side.name}, test speakers"
+    plot_det(None, None, run.directory / "det.png", systems=results.det, title=title)
+    layers = _lap_layers(run.models[run.config.seed]["lap_astp"], corpus, run.directory, side)
+    return SideReport(side, run.labels, results, run.config, run.profile, layers, STAGE2_EPOCHS)
 
 
 def stage2_config(stage1: TrainConfig, stage1_dir: Path) -> TrainConfig:

@@ -97,15 +97,13 @@ class LayerAttentivePooling(nn.Module):
         and, when ``rows`` needs no gradient (frozen frontend), backward runs one (N, D, D)
         matmul (the weight gradient) instead of two. Batch statistics (biased variance),
         running averages (unbiased variance, momentum) and ``num_batches_tracked`` are
-        those of ``nn.BatchNorm1d`` (see ``batch_norm_moments``).
+        those of ``nn.BatchNorm1d`` (see ``batch_norm_center``).
         """
         norm = self.in_norm
         if rows.dtype in (torch.float16, torch.bfloat16):
             rows = rows.float()  # statistics in float32, as BatchNorm computes them
-        mean, var = batch_norm_moments(norm, rows, dims=(0,))
-        centered = rows - mean
-        var, mean = var.squeeze(0), mean.squeeze(0)
-        scale = norm.weight * torch.rsqrt(var + norm.eps)
+        centered, var = batch_norm_center(norm, rows, dims=(0,))
+        scale = norm.weight * torch.rsqrt(var.squeeze(0) + norm.eps)
         weight = self.in_proj.weight * scale  # scales the input channels (columns)
         bias = torch.addmv(self.in_proj.bias, self.in_proj.weight, norm.bias)
         return torch.addmm(bias, centered, weight.t())
@@ -238,32 +236,35 @@ class PerLayerNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # statistics over (B, T) in place: no (B, L*D, T) copy for nn.BatchNorm1d
-        mean, var = batch_norm_moments(self.norm, hidden_states, dims=(0, 2))
-        scale = torch.rsqrt(var + self.norm.eps)
-        return torch.addcmul(-mean * scale, hidden_states, scale)
+        centered, var = batch_norm_center(self.norm, hidden_states, dims=(0, 2))
+        return centered * torch.rsqrt(var + self.norm.eps)
 
 
-def batch_norm_moments(
+def batch_norm_center(
     norm: nn.BatchNorm1d, x: torch.Tensor, dims: tuple[int, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance of ``x`` over ``dims`` (kept as size 1), as ``norm`` uses them.
+    """``x`` minus its mean over ``dims``, and the variance to divide it by, as ``norm`` would.
 
-    In training these are the batch statistics, and ``norm``'s running averages (unbiased
-    variance, momentum, ``num_batches_tracked``) are updated exactly as ``nn.BatchNorm1d``
-    does; in eval they are the running averages. The channels of ``norm`` are the remaining
-    dims of ``x``, flattened in order. ``norm`` keeps owning the parameters and buffers, so
-    the state dict is BatchNorm's.
+    In training these are the batch statistics (biased variance), and ``norm``'s running
+    averages (unbiased variance, momentum, ``num_batches_tracked``) are updated exactly as
+    ``nn.BatchNorm1d`` does; in eval they are the running averages. The channels of ``norm``
+    are the remaining dims of ``x``, flattened in order; the variance keeps ``dims`` as
+    size 1. ``norm`` keeps owning the parameters and buffers, so the state dict is
+    BatchNorm's. Means are taken one dim at a time (two passes): on a CPU that is 2x faster
+    than ``torch.var_mean`` over the outer dims of a (B, L, T, D) or (N, D) tensor.
 
     Example:
         >>> norm = nn.BatchNorm1d(6)
-        >>> mean, var = batch_norm_moments(norm, torch.randn(4, 2, 5, 3), dims=(0, 2))
-        >>> mean.shape, norm.num_batches_tracked.item()
-        (torch.Size([1, 2, 1, 3]), 1)
+        >>> centered, var = batch_norm_center(norm, torch.randn(4, 2, 5, 3), dims=(0, 2))
+        >>> centered.shape, var.shape, norm.num_batches_tracked.item()
+        (torch.Size([4, 2, 5, 3]), torch.Size([1, 2, 1, 3]), 1)
     """
-    if not norm.training:
-        shape = [1 if d in dims else size for d, size in enumerate(x.shape)]
-        return norm.running_mean.view(shape), norm.running_var.view(shape)
-    var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    if not norm.training:  # python ints: an ONNX trace must not compute this shape
+        shape = [1 if d in dims else int(size) for d, size in enumerate(x.shape)]
+        return x - norm.running_mean.view(shape), norm.running_var.view(shape)
+    mean = _mean_over(x, dims)
+    centered = x - mean
+    var = _mean_over(centered.square(), dims)
     with torch.no_grad():
         norm.num_batches_tracked.add_(1)
         momentum = norm.momentum
@@ -272,4 +273,10 @@ def batch_norm_moments(
         count = math.prod(x.shape[d] for d in dims)
         norm.running_mean.lerp_(mean.detach().flatten(), momentum)
         norm.running_var.lerp_(var.detach().flatten() * (count / max(count - 1, 1)), momentum)
-    return mean, var
+    return centered, var
+
+
+def _mean_over(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    for dim in sorted(dims, reverse=True):
+        x = x.mean(dim=dim, keepdim=True)
+    return x
