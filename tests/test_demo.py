@@ -77,6 +77,8 @@ def test_demo_writes_the_report_with_every_system(demo_out):
         flat
     )
     assert "of the (frame, channel) cells: LSTM 1" in flat and "cells: emb" in flat
+    assert f"({best}, {min(profile):.1f} % EER in the profile) wins" in whisper.replace("\n", " ")
+    assert "against 14 % for an even split over 7 layers" in whisper.replace("\n", " ")
     pictures = ["det.png", "layers.png", "stage1/curves.png", "profile.png"]
     pictures += [f"whisper-base/{p}" for p in ("det.png", "layers.png", "stage1/curves.png")]
     for picture in pictures:
@@ -108,9 +110,29 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     gap = float(paired.split(": ")[1].split(" ± ")[0])
     assert gap == pytest.approx(sum(gaps) / 2, abs=0.011)  # from the table's rounded cells
     assert f"LAP better on {sum(gap < 0 for gap in gaps)} of 2 seeds" in paired
+    assert "LAP + ASTP beats (lower EER, paired t > 2): " in seed_table
 
 
 def result_profile(demo_out):
     return json.loads((demo_out / "results.json").read_text())["whisper-base"][
         "profile EER % per layer"
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"), [([], ("ge2e", "whisper-base")), (["--frontend", "ge2e"], ("ge2e",))]
+)
+def test_cli_demo_runs_the_chosen_sides(option, expected, tmp_path, monkeypatch, capsys):
+    import lapsv.demo
+    from lapsv.cli import main
+
+    calls = []
+
+    def fake_run_demo(out, **options):
+        calls.append(options)
+        return lapsv.demo.DemoResult(tmp_path / "report.md", {}, 60.0)
+
+    monkeypatch.setattr(lapsv.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--out", str(tmp_path / "d"), *option]) == 0
+    assert calls[0]["frontends"] == expected
+    assert "done in 1.0 min" in capsys.readouterr().out

@@ -77,7 +77,33 @@ def _seed_table(seed_results: dict[int, dict[str, float]]) -> list[str]:
         eers = np.array([seed_results[s][label] for s in seeds])
         cells = " | ".join(f"{e:.2f}" for e in eers)
         lines.append(f"| {label} | {cells} | {eers.mean():.2f} ± {eers.std(ddof=1):.2f} |")
-    return [*lines, "", *paired_differences(seed_results), ""]
+    return [*lines, "", *paired_differences(seed_results), "", goal_sentence(seed_results), ""]
+
+
+def goal_sentence(seed_results: dict[int, dict[str, float]]) -> str:
+    """Whether LAP + ASTP beats each other system: a lower mean EER with paired t > 2.
+
+    Example:
+        >>> runs = {0: {"LAP + ASTP": 3.0, "SUPERB + ASTP": 4.0, "last layer + ASTP": 2.5},
+        ...         1: {"LAP + ASTP": 3.5, "SUPERB + ASTP": 4.4, "last layer + ASTP": 3.0},
+        ...         2: {"LAP + ASTP": 3.2, "SUPERB + ASTP": 4.3, "last layer + ASTP": 3.9}}
+        >>> print(goal_sentence(runs).replace("; ", ";\\n"))
+        LAP + ASTP beats (lower EER, paired t > 2): SUPERB + ASTP;
+        it does not beat: last layer + ASTP.
+    """
+    seeds = sorted(seed_results)
+    lap = np.array([seed_results[s][LAP] for s in seeds])
+    beaten, not_beaten = [], []
+    for label in seed_results[seeds[0]]:
+        if label == LAP:
+            continue
+        gaps = np.array([seed_results[s][label] for s in seeds]) - lap  # > 0: LAP better
+        error = gaps.std(ddof=1) / np.sqrt(len(gaps))
+        (beaten if error > 0 and gaps.mean() / error > 2 else not_beaten).append(label)
+    parts = [f"beats (lower EER, paired t > 2): {', '.join(beaten) or 'none'}"]
+    if not_beaten:
+        parts.append(f"it does not beat: {', '.join(not_beaten)}")
+    return f"{LAP} " + "; ".join(parts) + "."
 
 
 def _stage2_sentence(part: SideReport) -> str:
@@ -111,6 +137,20 @@ def _winner_sentence(layers: dict[str, Any], names: tuple[str, ...]) -> str:
         f"layer wins more than 90 % of the frames on {stats['dominated_channels']} of "
         f"{stats['channels']} channels, and a channel's winning layer changes on "
         f"{100 * stats['switch_rate']:.0f} % of consecutive frames."
+    )
+
+
+def _best_layer_sentence(part: SideReport) -> str:
+    """How much of LAP's max the profile's best layer wins, against an even split."""
+    names, best = part.side.layer_names, part.profile.best
+    shares = part.layers["winners"]["share_per_layer"]
+    most = int(np.argmax(shares))
+    return (
+        f"The layer that carries the speaker best on its own ({names[best]}, "
+        f"{part.profile.eers[best]:.1f} % EER in the profile) wins {100 * shares[best]:.0f} % "
+        f"of those cells, against {100 / len(names):.0f} % for an even split over "
+        f"{len(names)} layers; the layer winning most is {names[most]} "
+        f"({100 * shares[most]:.0f} %, {part.profile.eers[most]:.1f} % EER alone)."
     )
 
 
@@ -187,6 +227,8 @@ def side_section(part: SideReport, prefix: str) -> list[str]:
         f"{part.layers['mean_std_over_time']}.",
         "",
         _winner_sentence(part.layers, side.layer_names),
+        "",
+        _best_layer_sentence(part),
         "",
         f"![LAP layer scores]({prefix}layers.png)",
         "",
