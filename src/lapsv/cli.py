@@ -479,12 +479,6 @@ def _report_failures(failures: Sequence[tuple[str, str]]) -> int:
     return 1
 
 
-def _progress(items: Sequence, description: str) -> Iterable:
-    from tqdm import tqdm
-
-    return tqdm(items, desc=description, unit="file", disable=len(items) < 20, file=sys.stderr)
-
-
 def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     """Add ``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
     spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])

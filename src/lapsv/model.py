@@ -118,23 +118,14 @@ class SpeakerModel(SpeakerAPI, nn.Module):
         finally:
             self.train(was_training)
 
-    def embed_with_layer_weights(
-        self, waveforms: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eval-mode embeddings (B, E), layer weights (B, H, T, L) and frame lengths (B,)."""
-        with self.evaluating():
-            hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
-            embeddings, weights = self.backend.forward_with_layer_weights(
-                hidden_states, frame_lengths
-            )
-        return embeddings, weights, frame_lengths
-
     def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Eval-mode embeddings (B, E) of zero-padded waveforms (B, N) with lengths (B,).
 
         ``model.embed(waveforms, lengths)`` is the same call.
         """
-        return self.embed_with_layer_weights(waveforms, lengths)[0]
+        with self.evaluating():
+            hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
+            return self.backend(hidden_states, frame_lengths)
 
     @property
     def model_id(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lapsv.evaluate import QMF_FILE, SCORING_FILE
-from lapsv.inference import DEFAULT_MAX_SECONDS, embed_file, embed_waveforms
+from lapsv.inference import DEFAULT_MAX_SECONDS, embed_file
 from lapsv.scoring.calibrate import QMFCalibrator, quality_features
 from lapsv.scoring.norm import as_norm, cosine_scores
 
@@ -235,22 +235,6 @@ class Verifier:
         self.state: ScoringState = getattr(self.model, "scoring", None) or ScoringState()
         self.mean, self.cohort = self.state.mean, self.state.cohort
         self.top_n, self.calibrator = self.state.top_n, self.state.calibrator
-
-    def verify_waveforms(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        *,
-        threshold: float | None = None,
-        max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    ) -> Verification:
-        """Compare two 16 kHz waveforms (N,) float32."""
-
-        raw = embed_waveforms(self.model, [a, b], device=self.device, max_seconds=max_seconds)
-        rate = self.model.sample_rate
-        return verify_embeddings(
-            self.state, raw[0], raw[1], (len(a) / rate, len(b) / rate), threshold=threshold
-        )
 
     def verify_files(
         self,
