@@ -45,15 +45,10 @@ def paired_differences(seed_results: dict[int, dict[str, float]]) -> list[str]:
         - SUPERB + ASTP: +1.25 ± 0.25 (t = 5.00, LAP better on 0 of 2 seeds)
         - last layer + ASTP: +0.00 ± 0.50 (t = 0.00, LAP better on 1 of 2 seeds)
     """
-    seeds = sorted(seed_results)
-    lap = np.array([seed_results[s][LAP] for s in seeds])
     lines = [
         "LAP + ASTP minus the baselines, seed by seed (mean ± standard error, percentage points):"
     ]
-    for label in seed_results[seeds[0]]:
-        if label == LAP:
-            continue
-        gaps = lap - np.array([seed_results[s][label] for s in seeds])
+    for label, gaps in _paired_gaps(seed_results).items():
         error = gaps.std(ddof=1) / np.sqrt(len(gaps))
         t = gaps.mean() / error if error > 0 else float("nan")
         lines.append(
@@ -61,6 +56,17 @@ def paired_differences(seed_results: dict[int, dict[str, float]]) -> list[str]:
             f"{int((gaps < 0).sum())} of {len(gaps)} seeds)"
         )
     return lines
+
+
+def _paired_gaps(seed_results: dict[int, dict[str, float]]) -> dict[str, np.ndarray]:
+    """Per other system: LAP + ASTP's EER minus its EER, one value per seed (< 0: LAP better)."""
+    seeds = sorted(seed_results)
+    lap = np.array([seed_results[s][LAP] for s in seeds])
+    return {
+        label: lap - np.array([seed_results[s][label] for s in seeds])
+        for label in seed_results[seeds[0]]
+        if label != LAP
+    }
 
 
 def _seed_table(seed_results: dict[int, dict[str, float]]) -> list[str]:
@@ -91,15 +97,10 @@ def goal_sentence(seed_results: dict[int, dict[str, float]]) -> str:
         LAP + ASTP beats (lower EER, paired t > 2): SUPERB + ASTP;
         it does not beat: last layer + ASTP.
     """
-    seeds = sorted(seed_results)
-    lap = np.array([seed_results[s][LAP] for s in seeds])
     beaten, not_beaten = [], []
-    for label in seed_results[seeds[0]]:
-        if label == LAP:
-            continue
-        gaps = np.array([seed_results[s][label] for s in seeds]) - lap  # > 0: LAP better
+    for label, gaps in _paired_gaps(seed_results).items():
         error = gaps.std(ddof=1) / np.sqrt(len(gaps))
-        (beaten if error > 0 and gaps.mean() / error > 2 else not_beaten).append(label)
+        (beaten if error > 0 and -gaps.mean() / error > 2 else not_beaten).append(label)
     parts = [f"beats (lower EER, paired t > 2): {', '.join(beaten) or 'none'}"]
     if not_beaten:
         parts.append(f"it does not beat: {', '.join(not_beaten)}")
