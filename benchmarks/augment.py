@@ -26,8 +26,8 @@ import soundfile
 from lapsv.audio import SAMPLE_RATE
 from lapsv.data.augment import Augmenter, NoiseBank, RirBank, add_noise, reverberate, speed_perturb
 from lapsv.data.dataset import CropConfig, CropDataset, read_random_segment
-from lapsv.data.demo_noise import simulate_rirs
 from lapsv.data.manifest import Manifest, Utterance
+from lapsv.demo.noise import simulate_rirs
 
 CROP_SECONDS = 2.0
 ITERATIONS = {"tiny": 10, "small": 300, "full": 300}

@@ -160,7 +160,7 @@ def _run_model(
     if name == "ge2e":
         batch, lengths = _padded(waves[:BUCKET_BATCH])
         row["profile_top_ops"] = top_ops(
-            lambda model=model, batch=batch, lengths=lengths: model.embed(
+            lambda model=model, batch=batch, lengths=lengths: model.embed_batch(
                 batch.to(device), lengths.to(device)
             ),
             device,

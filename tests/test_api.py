@@ -17,11 +17,10 @@ import lapsv
 from lapsv.audio import load_audio, pad_batch
 from lapsv.config import BackendConfig, ModelConfig
 from lapsv.errors import AudioError, ConfigError
-from lapsv.evaluate import save_scoring_state
 from lapsv.inference import embed_file, embed_waveforms, extract_embeddings, window_bounds
 from lapsv.scoring.calibrate import QMFCalibrator
 from lapsv.scoring.norm import cosine_scores, length_normalize
-from lapsv.verification import Verifier
+from lapsv.scoring.state import ScoringState
 
 SMALL_BACKEND = BackendConfig(lap_heads=4, lap_out_dim=32, embed_dim=16)
 
@@ -36,10 +35,9 @@ def add_calibration(model_dir: Path, embed_dim: int, *, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     mean = 0.1 * rng.normal(size=embed_dim).astype(np.float32)
     cohort = length_normalize(rng.normal(size=(12, embed_dim))).astype(np.float32)
-    save_scoring_state(model_dir, mean, cohort, 8)
     labels = np.repeat([1, 0], 100)
     features = rng.normal(size=(200, 9)) + labels[:, None]
-    QMFCalibrator().fit(features, labels).save(model_dir / "qmf.json")
+    ScoringState(mean, cohort, 8, QMFCalibrator().fit(features, labels)).save(model_dir)
 
 
 @pytest.fixture
@@ -83,9 +81,11 @@ def test_any_sample_rate_and_stereo_are_resampled_and_down_mixed(model_dir, clip
 def test_tensor_batch_call_is_unchanged(model_dir, clips):
     model = lapsv.load_model(model_dir)
     waveforms, lengths = pad_batch([load_audio(p) for p in clips.values()])
-    batch = model.embed(waveforms, lengths)
+    batch = model.embed_batch(waveforms, lengths)
     assert isinstance(batch, torch.Tensor) and batch.shape == (4, 16)
-    assert torch.equal(batch, model.embed_batch(waveforms, lengths))
+    assert torch.equal(batch, model.encoder.embed_batch(waveforms, lengths))
+    with pytest.raises(TypeError):  # one return type per method: a batch is embed_batch's
+        model.embed(waveforms, lengths)
 
 
 def test_similarity_is_the_verify_cosine_with_the_training_mean(calibrated_dir, clips):
@@ -103,8 +103,8 @@ def test_verify_gives_llr_and_decision_like_the_verifier(calibrated_dir, clips):
     result = model.verify(clips["speaker_a_1"], clips["speaker_a_2"])
     assert result.llr is not None and result.asnorm is not None
     assert result.threshold == 0.0 and result.same == (result.llr >= 0)
-    assert result == Verifier(calibrated_dir).verify_files(
-        clips["speaker_a_1"], clips["speaker_a_2"]
+    assert result == lapsv.load_model(calibrated_dir).verify(
+        str(clips["speaker_a_1"]), str(clips["speaker_a_2"])
     )
     given = model.verify(clips["speaker_a_1"], load_audio(clips["speaker_a_2"]), threshold=99.0)
     assert given.same is False and given.threshold_source == "given"
@@ -129,7 +129,7 @@ def test_builtin_ge2e_has_the_same_api(clips):
     same = model.verify(clips["speaker_a_1"], clips["speaker_a_2"], threshold=0.8)
     assert same.same is True and same.cosine == pytest.approx(model.similarity(a1, a2), abs=1e-6)
     waveforms, lengths = pad_batch([load_audio(clips["speaker_a_1"])])
-    assert np.allclose(model.embed(waveforms, lengths)[0].numpy(), a1, atol=1e-6)
+    assert np.allclose(model.embed_batch(waveforms, lengths)[0].numpy(), a1, atol=1e-6)
     assert model.model_id.startswith("ge2e-")
 
 

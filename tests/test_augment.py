@@ -20,8 +20,8 @@ from lapsv.data.augment import (
     reverberate,
     speed_perturb,
 )
-from lapsv.data.demo_noise import HEDGEWARS_SOUNDS, build_demo_noise
 from lapsv.data.manifest import Utterance, write_manifest
+from lapsv.demo.noise import HEDGEWARS_SOUNDS, build_demo_noise
 from lapsv.errors import ConfigError
 
 RATE = 16_000

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lapsv import load_model
-from lapsv.data import demo_corpus, demo_noise
+from lapsv.demo import corpus as demo_corpus
+from lapsv.demo import noise as demo_noise
 from lapsv.demo import run_demo
 from synthetic import make_corpus
 
@@ -65,7 +66,7 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     ):
         assert f"| {system} + mean sub. |" in whisper
     assert f"Best: {best}, the layer of the best-single-layer system." in whisper.replace("\n", " ")
-    model = load_model(demo_out / "whisper-base" / "stage1" / "layer_astp" / "model")
+    model = load_model(demo_out / "whisper-base" / "stage1" / "layer_astp" / "model").encoder
     assert model.config.backend.layer_index == int(np.argmin(profile))
     assert "| LAP + ASTP + AS-norm + QMF |" in ge2e and "| LAP + ASTP + AS-norm + QMF |" in whisper
     assert "| LAP + ASTP, stage 2 + mean sub. |" in ge2e  # joint fine-tuning fitted the budget
@@ -83,7 +84,7 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     pictures += [f"whisper-base/{p}" for p in ("det.png", "layers.png", "stage1/curves.png")]
     for picture in pictures:
         assert (demo_out / picture).stat().st_size > 10_000, picture
-    model = load_model(demo_out / "stage1" / "lap_astp" / "model")
+    model = load_model(demo_out / "stage1" / "lap_astp" / "model").encoder
     assert model.config.backend.aggregation == "lap"
     assert (demo_out / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
     assert (demo_out / "whisper-base" / "stage1" / "lap_astp" / "model" / "qmf.json").is_file()
@@ -123,6 +124,7 @@ def result_profile(demo_out):
     ("option", "expected"), [([], ("ge2e", "whisper-base")), (["--frontend", "ge2e"], ("ge2e",))]
 )
 def test_cli_demo_runs_the_chosen_sides(option, expected, tmp_path, monkeypatch, capsys):
+    import lapsv.cli.project_verbs
     import lapsv.demo
     from lapsv.cli import main
 
@@ -132,7 +134,7 @@ def test_cli_demo_runs_the_chosen_sides(option, expected, tmp_path, monkeypatch,
         calls.append(options)
         return lapsv.demo.DemoResult(tmp_path / "report.md", {}, 60.0)
 
-    monkeypatch.setattr(lapsv.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(lapsv.cli.project_verbs, "run_demo", fake_run_demo)
     assert main(["demo", "--out", str(tmp_path / "d"), *option]) == 0
     assert calls[0]["frontends"] == expected
     assert "done in 1.0 min" in capsys.readouterr().out

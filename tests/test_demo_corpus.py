@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from lapsv.data.demo_corpus import TRAIN_ONLY, build_demo_corpus, make_items
 from lapsv.data.manifest import read_manifest
-from lapsv.data.voices import (
-    Clip,
-    analyse_file,
-    check_voice_groups,
-    demo_corpus_sources,
-    select_files,
-)
+from lapsv.demo.clips import Clip, analyse_file
+from lapsv.demo.corpus import TRAIN_ONLY, build_demo_corpus
+from lapsv.demo.items import make_items
+from lapsv.demo.voice_check import check_voice_groups
+from lapsv.demo.voices import demo_corpus_sources, select_files
 from lapsv.scoring.trials import read_trials
 
 RATES = {"asterisk": 8000, "ktuberling-data": 44100, "klettres-data": 44100}

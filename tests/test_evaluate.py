@@ -8,12 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
+import lapsv
 from lapsv import SpeakerModel
 from lapsv.cli import main
 from lapsv.config import ModelConfig
+from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import ConfigError, ScoringError
-from lapsv.evaluate import QMF_FILE, SCORING_FILE, evaluate, score_trials
-from lapsv.inference import EmbeddingSet
+from lapsv.modeldir import QMF_FILE, SCORING_FILE
+from lapsv.scoring.evaluate import evaluate, score_trials
 from lapsv.scoring.trials import Trials
 from synthetic import make_corpus
 
@@ -61,6 +63,7 @@ def calibrated(tmp_path_factory, corpus, model_dir):
         calibrate="qmf",
         top_n=5,
         calibration_pairs=400,
+        save_scoring=True,
     )
 
 
@@ -155,7 +158,21 @@ def test_verify_uses_the_calibrated_threshold_after_qmf(calibrated, corpus, mode
     assert "cosine (mean-subtracted):" in out
     assert "calibrated LLR:" in out
     assert "threshold +0.0000 from QMF calibration (LLR 0)" in out
-    from lapsv.verification import Verifier
-
-    result = Verifier(model_dir).verify_files(a, b)
+    result = lapsv.load_model(model_dir).verify(a, b)
     assert result.same == (result.llr >= 0)
+
+
+def test_eval_changes_the_model_directory_only_when_asked(tmp_path, corpus, capsys):
+    model = SpeakerModel.build(ModelConfig(), pretrained=False).save(tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    args = ["eval", str(model), "--trials", str(corpus["val_trials"])]
+    args += ["--audio_root", str(corpus["audio"]), "--cohort", str(corpus["train"])]
+    args += ["--norm", "asnorm", "--calibrate", "qmf", "--top_n", "5", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert (tmp_path / "o" / SCORING_FILE).is_file() and (tmp_path / "o" / QMF_FILE).is_file()
+    assert main([*args, "--save-scoring"]) == 0
+    assert "reused cached embeddings" in capsys.readouterr().out
+    for name in (SCORING_FILE, QMF_FILE):
+        assert (model / name).read_bytes() == (tmp_path / "o" / name).read_bytes()
+    assert lapsv.load_model(model).scoring.calibrated

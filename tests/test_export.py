@@ -59,7 +59,7 @@ def test_onnx_equals_pytorch_for_1_3_10_seconds_with_onnxruntime(tiny_dir, tiny_
         wave = (0.1 * rng.normal(size=(1, int(seconds * 16000)))).astype(np.float32)
         lengths = np.array([wave.shape[1]])
         (onnx_out,) = session.run(None, {"waveforms": wave, "lengths": lengths})
-        torch_out = model.embed(torch.from_numpy(wave), torch.from_numpy(lengths)).numpy()
+        torch_out = model.embed_batch(torch.from_numpy(wave), torch.from_numpy(lengths)).numpy()
         assert np.abs(onnx_out - torch_out).max() < 1e-4, seconds
 
 
@@ -75,8 +75,8 @@ def test_cli_export_checks_and_prints_the_parity(tiny_dir, tiny_onnx):
 def test_onnx_batch_of_different_lengths(tiny_dir, tiny_onnx, clips):
     model, exported = lapsv.load_model(tiny_dir), lapsv.load_model(tiny_onnx.path)
     waveforms, lengths = pad_batch([load_audio(p) for p in clips.values()])
-    expected = model.embed(waveforms, lengths)
-    assert (exported.embed(waveforms, lengths) - expected).abs().max() < 1e-4
+    expected = model.embed_batch(waveforms, lengths)
+    assert (exported.embed_batch(waveforms, lengths) - expected).abs().max() < 1e-4
 
 
 def test_verify_on_the_exported_model_equals_pytorch(tiny_dir, tiny_onnx, clips, capsys):
@@ -120,7 +120,7 @@ def test_ge2e_graph_keeps_resemblyzer_windows_for_every_length():
     waves = [0.1 * torch.randn(n) for n in lengths]
     waveforms, lens = pad_batch([w.numpy() for w in waves])
     with torch.no_grad():
-        assert (graph(waveforms, lens) - encoder.embed(waveforms, lens)).abs().max() < 1e-5
+        assert (graph(waveforms, lens) - encoder.embed_batch(waveforms, lens)).abs().max() < 1e-5
 
 
 def test_builtin_ge2e_exports_to_onnx(tmp_path):

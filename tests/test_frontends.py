@@ -46,7 +46,7 @@ def test_hf_embedding_is_independent_of_padding(model_type, norm):
     model = SpeakerModel(frontend, backend).eval()
     rng = np.random.default_rng(0)
     waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (9000, 4000, 6400, 2500)]
-    assert_padding_invariant(model.embed, waves)
+    assert_padding_invariant(model.embed_batch, waves)
 
 
 def test_attention_mask_only_for_layer_norm_encoders():
@@ -162,18 +162,18 @@ def test_ge2e_frontend_exposes_three_lstm_layers(clips):
 def test_ge2e_speaker_model_is_independent_of_padding(clips):
     backend = build_backend("lap", "astp", in_dim=256, n_layers=3)
     model = SpeakerModel(GE2EFrontend.from_pretrained(), backend).eval()
-    assert_padding_invariant(model.embed, [load_audio(path) for path in clips.values()])
+    assert_padding_invariant(model.embed_batch, [load_audio(path) for path in clips.values()])
 
 
 def test_ge2e_encoder_batched_equals_one_by_one(ge2e_encoder, clips):
     waves = [load_audio(path) for path in clips.values()]
-    assert_padding_invariant(ge2e_encoder.embed, waves, atol=1e-5)
+    assert_padding_invariant(ge2e_encoder.embed_batch, waves, atol=1e-5)
 
 
 def test_ge2e_separates_the_two_test_speakers(ge2e_encoder, clips):
     waves = {name: load_audio(path) for name, path in clips.items()}
     waveforms, lengths = pad_batch(list(waves.values()))
-    e = dict(zip(waves, ge2e_encoder.embed(waveforms, lengths), strict=True))
+    e = dict(zip(waves, ge2e_encoder.embed_batch(waveforms, lengths), strict=True))
     same = min(e["speaker_a_1"] @ e["speaker_a_2"], e["speaker_b_1"] @ e["speaker_b_2"])
     different = max(
         e[a] @ e[b] for a in ("speaker_a_1", "speaker_a_2") for b in ("speaker_b_1", "speaker_b_2")
@@ -199,6 +199,6 @@ def test_ge2e_reproduces_resemblyzer_embed_utterance(ge2e_encoder, clips):
     for path in clips.values():
         wave = resemblyzer.preprocess_wav(path)  # resemblyzer's own loading, VAD and gain
         theirs = voice_encoder.embed_utterance(wave)
-        ours = ge2e_encoder.embed(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))[0]
+        ours = ge2e_encoder.embed_batch(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))[0]
         cosine = float(np.dot(theirs, ours.numpy()) / np.linalg.norm(theirs))
         assert cosine > 0.995, (path.name, cosine)

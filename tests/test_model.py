@@ -27,7 +27,7 @@ def no_pickle(*args, **kwargs):
 
 def test_save_load_round_trip_is_exact_and_pickle_free(tmp_path, tiny_hf_model, monkeypatch):
     waveforms, lengths = pad_batch([torch.randn(5000).numpy(), torch.randn(3000).numpy()])
-    expected = tiny_hf_model.embed(waveforms, lengths)
+    expected = tiny_hf_model.embed_batch(waveforms, lengths)
     tiny_hf_model.save(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "config.yaml",
@@ -35,7 +35,7 @@ def test_save_load_round_trip_is_exact_and_pickle_free(tmp_path, tiny_hf_model, 
     ]
     monkeypatch.setattr(torch, "load", no_pickle)
     loaded = SpeakerModel.load(tmp_path / "model")
-    assert torch.equal(loaded.embed(waveforms, lengths), expected)
+    assert torch.equal(loaded.embed_batch(waveforms, lengths), expected)
     assert loaded.config == tiny_hf_model.config
 
 
@@ -52,9 +52,9 @@ def test_saved_config_is_readable_and_self_describing(tmp_path, tiny_hf_model):
 def test_ge2e_model_round_trip_on_real_speech(tmp_path, clips):
     model = SpeakerModel.build(ModelConfig(backend=BackendConfig(aggregation="superb")))
     waveforms, lengths = pad_batch([load_audio(path) for path in clips.values()])
-    expected = model.embed(waveforms, lengths)
+    expected = model.embed_batch(waveforms, lengths)
     loaded = lapsv.load_model(model.save(tmp_path / "ge2e-superb"))
-    assert torch.equal(loaded.embed(waveforms, lengths), expected)
+    assert torch.equal(loaded.embed_batch(waveforms, lengths), expected)
 
 
 def test_save_replaces_an_existing_model_directory(tmp_path, tiny_hf_model):
@@ -103,6 +103,6 @@ def test_build_fills_backend_sizes_from_the_frontend():
 def test_builtin_ge2e_model_embeds_unit_vectors(clips):
     model = lapsv.load_model("ge2e")
     waveforms, lengths = pad_batch([load_audio(path) for path in clips.values()])
-    embeddings = model.embed(waveforms, lengths)
+    embeddings = model.embed_batch(waveforms, lengths)
     assert embeddings.shape == (len(clips), 256)
     torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(len(clips)))

@@ -35,16 +35,19 @@ def unwritable(tmp_path) -> Path:
 @pytest.mark.parametrize(
     ("argv", "work"),
     [
-        (["embed", "ge2e", "x.wav", "--out", "{out}/e.npz"], ("lapsv.loading", "load_model")),
+        (
+            ["embed", "ge2e", "x.wav", "--out", "{out}/e.npz"],
+            ("lapsv.cli.model_verbs", "load_model"),
+        ),
         (
             ["eval", "ge2e", "--trials", "t.txt", "--audio-root", ".", "--out", "{out}"],
-            ("lapsv.evaluate", "evaluate"),
+            ("lapsv.cli.model_verbs", "evaluate"),
         ),
         (
             ["score", "--scores", "s.txt", "--out", "{out}/scores.txt"],
-            ("lapsv.scoring.trials", "read_scores"),
+            ("lapsv.cli.model_verbs", "read_scores"),
         ),
-        (["demo", "--out", "{out}"], ("lapsv.demo", "run_demo")),
+        (["demo", "--out", "{out}"], ("lapsv.cli.project_verbs", "run_demo")),
         (["train", "{recipe}", "--out", "{out}"], ("lapsv.training.loop", "validate_manifest")),
     ],
     ids=["embed", "eval", "score", "demo", "train"],
@@ -78,7 +81,7 @@ def test_output_error_is_a_lapsv_error():
 
 
 def test_embeddings_file_survives_a_failed_rewrite(tmp_path, monkeypatch):
-    from lapsv.inference import EmbeddingSet
+    from lapsv.embeddings import EmbeddingSet
 
     path = tmp_path / "emb.npz"
     first = EmbeddingSet(["a"], np.ones((1, 4), np.float32), np.ones(1, np.float32))

@@ -24,7 +24,7 @@ import torch
 
 from conftest import tiny_train_config
 from lapsv.config import dump_yaml, to_dict
-from lapsv.training.checkpoint import average_states
+from lapsv.training.checkpoints import average_states
 from lapsv.training.config import OptimConfig
 from lapsv.training.faults import FAILPOINT_ENV
 from lapsv.training.state import load_tree

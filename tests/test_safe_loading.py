@@ -14,8 +14,8 @@ from conftest import tiny_hf_config
 from lapsv.cli import main
 from lapsv.config import BackendConfig, FrontendConfig, ModelConfig, dump_yaml, load_yaml
 from lapsv.errors import ModelLoadError
-from lapsv.loading import load_model
 from lapsv.model import SpeakerModel
+from lapsv.speaker import load_model
 
 
 class Payload:
@@ -62,7 +62,7 @@ def test_trusted_pickle_loads(pickled):
     loaded = load_model(folder / "model.pt", trust_pickle=True)
     assert marker.exists()  # what the flag allows: the file's code ran
     for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value)
+        assert torch.equal(loaded.encoder.state_dict()[key], value)
 
 
 def test_cli_refuses_pickle_unless_trusted(pickled, capsys):
@@ -169,24 +169,20 @@ def test_every_model_verb_refuses_pickle_unless_trusted(pickled, tmp_path, capsy
     assert marker.exists()
 
 
-def test_evaluation_cache_id_follows_the_weight_files(pickled, tmp_path):
-    """The embedding cache's model id needs no loading; it changes when the weights do,
-    for safetensors or pickle directories and single files alike."""
+def test_model_id_is_the_content_hash_whatever_the_file(pickled, tmp_path):
+    """``model_id`` (also the evaluation cache's key) is the hash of the config and weights:
+    the same weights in safetensors or a trusted pickle give one id, touching the file
+    changes nothing, other weights give another id; an untrusted pickle is never opened."""
     import os
 
-    from lapsv.evaluate import model_id
-
     folder, marker, model = pickled
-    pickle_id = model_id(folder)
+    with pytest.raises(ModelLoadError, match="pickle checkpoint, refused"):
+        load_model(folder)
+    assert not marker.exists()
     safe = model.save(tmp_path / "safe")
-    safe_id = model_id(safe)
-    assert len({pickle_id, safe_id, model_id("ge2e")}) == 3 and model_id("ge2e") == "ge2e"
-    weights = safe / "model.safetensors"
-    os.utime(weights, ns=(1, 1))
-    touched = model_id(safe)
-    assert touched != safe_id and model_id(safe) == touched
-    single = folder / "model.pt"
-    before = model_id(single)
-    os.utime(single, ns=(1, 1))
-    assert model_id(single) != before
-    assert not marker.exists()  # fingerprinting never unpickles
+    safe_id = load_model(safe).model_id
+    assert safe_id == model.model_id == load_model(folder, trust_pickle=True).model_id
+    os.utime(safe / "model.safetensors", ns=(1, 1))
+    assert load_model(safe).model_id == safe_id
+    assert tiny_model().model_id != safe_id  # other random weights
+    assert load_model("ge2e").model_id.startswith("ge2e-")

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import ScoringError
 from lapsv.scoring import (
     as_norm,
     cosine_scores,
     embedding_mean,
-    embedding_table,
     enroll_models,
     length_normalize,
     speaker_cohort,
@@ -118,7 +118,7 @@ def test_enroll_models_average_normalised_embeddings():
 
 
 def test_missing_ids_are_listed():
-    table = embedding_table(["a", "b"], np.eye(2))
+    table = EmbeddingSet(["a", "b"], np.eye(2), np.zeros(2))
     wanted = ["a", *[f"missing{i}" for i in range(7)], "missing0"]
     with pytest.raises(ScoringError, match="7 id\\(s\\) have no embedding") as error:
         table.rows(wanted)
@@ -127,7 +127,7 @@ def test_missing_ids_are_listed():
     with pytest.raises(ScoringError, match="no embedding, e.g. \\['x'\\]"):
         enroll_models(["a", "b"], np.eye(2), {"m": ["a", "x"]})
     with pytest.raises(ScoringError, match="duplicate"):
-        embedding_table(["a", "a"], np.eye(2))
+        EmbeddingSet(["a", "a"], np.eye(2), np.zeros(2)).rows(["a"])
 
 
 def test_speaker_cohort_means_per_speaker():

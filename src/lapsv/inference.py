@@ -1,10 +1,13 @@
-"""Batched embedding extraction: sort by length, pad, embed, restore the input order."""
+"""Batched embedding extraction: sort by length, pad, embed, restore the input order.
+
+Also the long-recording rule (:func:`window_bounds`, :data:`DEFAULT_MAX_SECONDS`) and the
+expansion of audio inputs (files, folders, ``wav.scp``) into (id, path) items.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -16,18 +19,21 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from lapsv.audio import (
+    AUDIO_SUFFIXES,
     SILENCE_PEAK,
     audio_duration,
     load_audio,
     pad_batch,
     prepare_waveform,
 )
+from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import AudioError, ConfigError
-from lapsv.files import atomic_path
+from lapsv.model import evaluating
 
 
 class Embedder(Protocol):
-    """Anything lapsv can embed with: a SpeakerModel or the built-in GE2E encoder.
+    """Anything lapsv can embed with: a SpeakerModel, the built-in GE2E encoder, an exported
+    model, a :class:`~lapsv.speaker.Speaker`, or :class:`SharedFrontendModel`.
 
     One may also have ``max_input_seconds``, the longest input its encoder takes at once
     (Whisper: 30 s); longer recordings are then windowed by the same rule as
@@ -37,11 +43,14 @@ class Embedder(Protocol):
     embed_dim: int
     sample_rate: int
 
-    def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, N) zero-padded waveforms, (B,) lengths -> (B, E) eval-mode embeddings."""
+        ...
 
 
 DEFAULT_MAX_SECONDS = 60.0
-"""Recordings longer than this are embedded window by window (see :func:`window_bounds`)."""
+"""Recordings longer than this are embedded window by window (see :func:`window_bounds`);
+the one default of every verb and function that embeds recordings (``None``: never)."""
 
 _RESAMPLE_MARGIN_TAPS = 10  # scipy.signal.resample_poly's filter half-length per max(up, down)
 _MAX_RESAMPLE_DENOMINATOR = 1000
@@ -95,7 +104,7 @@ def _embed_pieces(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch, lengths = pad_batch([pieces[i] for i in rows])
-        output = model.embed(batch.to(device), lengths.to(device))
+        output = model.embed_batch(batch.to(device), lengths.to(device))
         embeddings[rows] = output.float().cpu().numpy()
     return embeddings
 
@@ -259,52 +268,12 @@ def embed_audio(
         raise AudioError(
             "<array>",
             f"shape {shape} looks like (channels, samples); pass (samples, channels), or a "
-            "zero-padded batch with its lengths: model.embed(waveforms, lengths)",
+            "zero-padded batch with its lengths: model.embed_batch(waveforms, lengths)",
         )
     rate = model.sample_rate if sample_rate is None else int(sample_rate)
     wave = prepare_waveform(audio, rate, sample_rate=model.sample_rate)
     vector = embed_waveforms(model, [wave], device=device, max_seconds=max_seconds)[0]
     return vector, len(wave) / model.sample_rate
-
-
-@dataclasses.dataclass
-class EmbeddingSet:
-    """Embeddings of named utterances, with durations and the files that failed.
-
-    ids: n utterance ids; embeddings: (n, E) float32; seconds: (n,) durations;
-    failures: (id, reason) of utterances that could not be embedded.
-    """
-
-    ids: list[str]
-    embeddings: np.ndarray
-    seconds: np.ndarray
-    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    def index(self) -> dict[str, int]:
-        return {utt: row for row, utt in enumerate(self.ids)}
-
-    def columns(self, span: slice) -> EmbeddingSet:
-        """The same utterances with only the embedding columns ``span``."""
-        return EmbeddingSet(self.ids, self.embeddings[:, span], self.seconds, self.failures)
-
-    def save(self, path: str | Path, *, model_id: str = "") -> None:
-        """Write an .npz atomically (no pickled objects inside)."""
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                ids=np.array(self.ids, dtype=str),
-                embeddings=self.embeddings,
-                seconds=self.seconds,
-                model_id=np.array(model_id),
-            )
-
-    @classmethod
-    def load(cls, path: str | Path) -> tuple[EmbeddingSet, str]:
-        """Read an .npz written by :meth:`save`; returns the set and its model id."""
-        with np.load(path, allow_pickle=False) as data:
-            model_id = str(data["model_id"]) if "model_id" in data else ""
-            seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
-            return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
 
 
 def extract_embeddings(
@@ -395,13 +364,30 @@ class SharedFrontendModel(torch.nn.Module):
             start += backend.embed_dim
         return spans
 
-    @torch.no_grad()
-    def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        modes = [module.training for module in (self.frontend, *self.backends.values())]
-        self.eval()
-        try:
+    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, N), (B,) -> (B, sum of the backends' E): eval mode, no autograd."""
+        with evaluating(self):
             hidden, frames = self.frontend(waveforms, lengths)
             return torch.cat([b(hidden, frames) for b in self.backends.values()], dim=1)
-        finally:
-            for module, mode in zip((self.frontend, *self.backends.values()), modes, strict=True):
-                module.train(mode)
+
+
+def expand_audio_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
+    """(utterance id, path) pairs from files, folders (recursive) and Kaldi ``wav.scp`` files.
+
+    A folder contributes every audio file under it, its id the path relative to the folder's
+    parent; a ``.scp`` file contributes ``<id> <path>`` lines; any other path is one file.
+    """
+    items: list[tuple[str, str]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+                items.append((str(file.relative_to(path.parent)), str(file)))
+        elif path.suffix == ".scp" and path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    utt, _, location = line.strip().partition(" ")
+                    items.append((utt, location.strip()))
+        else:
+            items.append((raw, raw))
+    return items

@@ -1,15 +1,16 @@
-"""SpeakerModel = frontend + backend, with embedding and a self-describing save format.
+"""SpeakerModel = frontend + backend: an ``nn.Module`` with a self-describing save format.
 
-A saved model is a directory holding exactly ``config.yaml`` (resolved config, lapsv
-version, format) and ``model.safetensors`` (every weight, frontend included). Loading
-needs nothing else: no hub, no original encoder directory, no pickle.
+A saved model is a directory holding ``config.yaml`` (resolved config, lapsv version,
+format) and ``model.safetensors`` (every weight, frontend included), see
+:mod:`lapsv.modeldir`. Loading needs nothing else: no hub, no original encoder directory,
+no pickle. The user verbs (embed a file, verify, similarity) are on the
+:class:`~lapsv.speaker.Speaker` facade that wraps a model with its scoring state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +20,38 @@ import torch
 from torch import nn
 
 from lapsv import __version__
-from lapsv.api import SpeakerAPI, state_fingerprint
 from lapsv.backend import SpeakerBackend
 from lapsv.config import ModelConfig, dump_yaml, from_dict, load_yaml, to_dict
 from lapsv.errors import ConfigError, ModelLoadError
 from lapsv.files import atomic_directory
 from lapsv.frontends import Frontend, build_frontend
+from lapsv.modeldir import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    pickle_refused,
+    read_pickle_state,
+    state_fingerprint,
+    weight_files,
+)
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
-# Weight files that are pickles (torch.save): loading one can run any code it carries.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-PICKLE_WEIGHT_FILES = ("model.pt", "model.pth", "model.bin", "pytorch_model.bin", "model.ckpt")
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode without autograd inside the block; every submodule's mode comes back after."""
+    modes = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for child, mode in modes:
+            child.train(mode)
 
 
-class SpeakerModel(SpeakerAPI, nn.Module):
+class SpeakerModel(nn.Module):
     """A pre-trained speech encoder (frontend) + a speaker backend.
-
-    Besides the batch path below it has the Python API of :class:`~lapsv.api.SpeakerAPI`:
-    ``embed(path_or_array)``, ``verify(a, b)``, ``similarity(e1, e2)``.
 
     Args:
         frontend: produces (B, L, T, D) hidden layers from 16 kHz waveforms.
@@ -46,11 +59,8 @@ class SpeakerModel(SpeakerAPI, nn.Module):
 
     Example:
         >>> model = SpeakerModel.build(ModelConfig(), pretrained=False)  # random GE2E weights
-        >>> model.embed(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
+        >>> model.embed_batch(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
         torch.Size([2, 192])
-        >>> import numpy as np
-        >>> model.embed(np.random.default_rng(0).normal(0, 0.1, 8000), sample_rate=8000).shape
-        (192,)
     """
 
     def __init__(self, frontend: Frontend, backend: SpeakerBackend) -> None:
@@ -107,25 +117,19 @@ class SpeakerModel(SpeakerAPI, nn.Module):
         hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
         return self.backend(hidden_states, frame_lengths)
 
-    @contextlib.contextmanager
-    def evaluating(self) -> Iterator[None]:
-        """Eval mode without autograd inside the block; the previous mode comes back after."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
+    def evaluating(self) -> contextlib.AbstractContextManager[None]:
+        """Eval mode without autograd inside the block; the previous modes come back after."""
+        return evaluating(self)
 
     def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Eval-mode embeddings (B, E) of zero-padded waveforms (B, N) with lengths (B,).
-
-        ``model.embed(waveforms, lengths)`` is the same call.
-        """
+        """Eval-mode embeddings (B, E) of zero-padded waveforms (B, N) with lengths (B,)."""
         with self.evaluating():
             hidden_states, frame_lengths = self._hidden_states(waveforms, lengths)
             return self.backend(hidden_states, frame_lengths)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     @property
     def model_id(self) -> str:
@@ -160,18 +164,12 @@ class SpeakerModel(SpeakerAPI, nn.Module):
 
         A directory whose weights are a pickle (``model.pt``, ``pytorch_model.bin``, ...;
         or ``directory`` naming such a file beside ``config.yaml``) is refused unless
-        ``trust_pickle``: unpickling a file can run any code it carries.
+        ``trust_pickle``: unpickling a file can run any code it carries. Scoring state
+        saved beside the model is the :class:`~lapsv.speaker.Speaker`'s, not read here.
         """
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if directory.is_file():  # a pickle weight file beside its config.yaml
-            directory, weights_path = directory.parent, directory
-            config_path = directory / CONFIG_FILE
-        elif not weights_path.is_file():
-            pickles = [directory / n for n in PICKLE_WEIGHT_FILES if (directory / n).is_file()]
-            weights_path = pickles[0] if pickles else weights_path
+        directory, config_path, weights_path = weight_files(directory)
         if weights_path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
-            raise _pickle_refused(weights_path)
+            raise pickle_refused(weights_path)
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise ModelLoadError(
@@ -194,52 +192,7 @@ class SpeakerModel(SpeakerAPI, nn.Module):
         else:
             state = safetensors.torch.load_file(str(weights_path), device=str(map_location))
         load_state_checked(model, state, source=str(weights_path))
-        from lapsv.verification import ScoringState  # imports lapsv.evaluate, which imports us
-
-        model.scoring = ScoringState.load(directory)
         return model.to(map_location).eval()
-
-
-def is_pickle_checkpoint(path: str | Path) -> bool:
-    """A ``torch.save`` / pickle file by its suffix (a TorchScript archive is not one)."""
-    path = Path(path)
-    if path.suffix.lower() not in PICKLE_SUFFIXES:
-        return False
-    if zipfile.is_zipfile(path):  # torch.save's zip format; TorchScript also stores code/
-        with zipfile.ZipFile(path) as archive:
-            return not any("/code/" in f"/{name}" for name in archive.namelist())
-    return True
-
-
-def read_pickle_state(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The tensors of a pickle checkpoint; refused (ModelLoadError) unless ``trust_pickle``.
-
-    Accepts a state dict, a dict holding one under ``state_dict`` / ``model_state`` /
-    ``model``, or a pickled module.
-    """
-    if not trust_pickle:
-        raise _pickle_refused(path)
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ModelLoadError(f"{path}: cannot read the checkpoint ({error})") from error
-    if isinstance(value, nn.Module):
-        value = value.state_dict()
-    for key in ("state_dict", "model_state", "model"):
-        if isinstance(value, dict) and isinstance(value.get(key), dict):
-            value = value[key]
-            break
-    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
-        raise ModelLoadError(f"{path}: holds no state dict of tensors")
-    return value
-
-
-def _pickle_refused(path: str | Path) -> ModelLoadError:
-    return ModelLoadError(
-        f"{path}: a pickle checkpoint, refused: unpickling a file runs any code stored in it. "
-        "If you trust where it comes from, pass trust_pickle=True (CLI: --trust-pickle), then "
-        "save the model once with SpeakerModel.save (safetensors) and use that"
-    )
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

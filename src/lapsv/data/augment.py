@@ -3,7 +3,7 @@
 Every function takes and returns (N,) float32 waveforms at 16 kHz; randomness comes only
 from the ``numpy.random.Generator`` passed in, so a fixed seed gives a fixed result.
 The noise folders have the layouts of the public corpora, so the offline demo folders
-(:mod:`lapsv.data.demo_noise`) and the real data go through the same code:
+(:mod:`lapsv.demo.noise`) and the real data go through the same code:
 
 * MUSAN: ``musan/{noise,music,speech}/**/*.{wav,flac,ogg}``;
 * RIRS_NOISES: ``**/*.wav`` (``simulated_rirs/``, ``real_rirs_isotropic_noises/``).
@@ -213,7 +213,7 @@ class NoiseBank:
         if not any(self.files.values()):
             raise ConfigError(
                 f"{self.root}: no wav/flac/ogg files under noise/, music/ or speech/; point "
-                "it at a MUSAN folder or build the demo one with lapsv.data.demo_noise"
+                "it at a MUSAN folder or build the demo one with lapsv.demo.noise"
             )
         self._cache = _AudioCache(int(cache_mb * 2**20), self._load)
 
@@ -256,7 +256,7 @@ class RirBank:
         if not self.files:
             raise ConfigError(
                 f"{self.root}: no *.wav room impulse responses; point it at RIRS_NOISES "
-                "or build the demo one with lapsv.data.demo_noise"
+                "or build the demo one with lapsv.demo.noise"
             )
         self._cache = _AudioCache(int(cache_mb * 2**20), self._load)
 

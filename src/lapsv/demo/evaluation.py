@@ -11,10 +11,11 @@ import numpy as np
 
 from lapsv.data.manifest import read_manifest
 from lapsv.demo.sides import Side
-from lapsv.evaluate import score_trials
-from lapsv.inference import EmbeddingSet, SharedFrontendModel, extract_embeddings
-from lapsv.loading import load_model
+from lapsv.embeddings import EmbeddingSet
+from lapsv.inference import SharedFrontendModel, extract_embeddings
+from lapsv.scoring.evaluate import score_trials
 from lapsv.scoring.trials import Trials, read_trials
+from lapsv.speaker import load_model
 
 MEAN_SUB = " + mean sub."
 
@@ -89,8 +90,8 @@ def evaluate_side(
         norm="asnorm",
         calibrate="qmf",
         top_n=100,
-        calibration_dir=models[first]["lap_astp"],
     )
+    calibrated.state.save(models[first]["lap_astp"])  # for the README's verify / identify
     table["LAP + ASTP + AS-norm + QMF"] = calibrated.metrics
     return SideResults(table, seeds, det)
 
@@ -118,8 +119,9 @@ def _embed(
         for seed, runs in models.items()
         for name, path in runs.items()
     }
-    frontend = next(iter(loaded.values())).frontend
-    shared = SharedFrontendModel(frontend, {f"{n}@{s}": m.backend for (s, n), m in loaded.items()})
+    frontend = next(iter(loaded.values())).encoder.frontend
+    backends = {f"{n}@{s}": m.encoder.backend for (s, n), m in loaded.items()}
+    shared = SharedFrontendModel(frontend, backends)
     embedded = {
         part: extract_embeddings(shared, items, progress=True) for part, items in parts.items()
     }

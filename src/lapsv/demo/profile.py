@@ -18,10 +18,11 @@ from torch import nn
 
 from lapsv.config import FrontendConfig
 from lapsv.data.manifest import read_manifest
-from lapsv.evaluate import score_trials
+from lapsv.embeddings import EmbeddingSet
 from lapsv.files import atomic_write_text
 from lapsv.frontends import Frontend, build_frontend
-from lapsv.inference import EmbeddingSet, extract_embeddings
+from lapsv.inference import extract_embeddings
+from lapsv.scoring.evaluate import score_trials
 from lapsv.scoring.plots import pyplot, save_figure
 from lapsv.scoring.trials import read_trials
 
@@ -35,7 +36,7 @@ class PooledLayers(nn.Module):
     Example:
         >>> from lapsv.frontends import GE2EFrontend
         >>> pooled = PooledLayers(GE2EFrontend())
-        >>> pooled.embed(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape
+        >>> pooled.embed_batch(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape
         torch.Size([2, 1536])
     """
 
@@ -48,7 +49,7 @@ class PooledLayers(nn.Module):
         self.embed_dim = frontend.n_layers * self.width
 
     @torch.no_grad()
-    def embed(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def embed_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         hidden, frames = self.frontend.eval()(waveforms, lengths)  # (B, L, T, D)
         valid = torch.arange(hidden.shape[2], device=hidden.device) < frames[:, None]
         weights = valid[:, None, :, None].to(hidden.dtype)

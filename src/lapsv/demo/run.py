@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from lapsv.audio import load_audio
-from lapsv.data import demo_corpus, demo_noise
 from lapsv.data.manifest import read_manifest, write_manifest
+from lapsv.demo import corpus as demo_corpus
+from lapsv.demo import noise as demo_noise
+from lapsv.demo.corpus_summary import CorpusSummary
 from lapsv.demo.evaluation import evaluate_side
 from lapsv.demo.profile import LayerProfile, layer_profile, plot_profile
 from lapsv.demo.report import SideReport, write_report
@@ -35,8 +37,8 @@ from lapsv.demo.sides import SIDES, Side
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
 from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
-from lapsv.loading import load_model
 from lapsv.scoring.plots import plot_det
+from lapsv.speaker import load_model
 from lapsv.training import TrainConfig, load_recipe, train
 
 STAGE2_EPOCHS = 2
@@ -123,7 +125,7 @@ def run_demo(
     return DemoResult(report, {name: r["table"] for name, r in results.items()}, seconds)
 
 
-def _prepare_data(out: Path, log: Callable[[str], None]) -> demo_corpus.CorpusSummary:
+def _prepare_data(out: Path, log: Callable[[str], None]) -> CorpusSummary:
     """The corpus (with a cohort list) and the noise folders under ``out``."""
     corpus = out / "corpus"
     log("[1/6] demo corpus (real voices from Debian packages)")
@@ -225,7 +227,7 @@ def stage2_config(stage1: TrainConfig, stage1_dir: Path) -> TrainConfig:
 
 def _lap_layers(model_dir: Path, corpus: Path, out: Path, side: Side) -> dict[str, Any]:
     """LAP's layer scores on one test utterance (plot) and averaged over 12 test utterances."""
-    model = load_model(model_dir)
+    model = load_model(model_dir).encoder
     manifest = read_manifest(corpus / "test.tsv")
     utterances = sorted(manifest, key=lambda u: -u.seconds)[:: max(len(manifest) // 12, 1)][:12]
     views = [layer_view(model, load_audio(manifest.audio_path(u))) for u in utterances]

@@ -19,6 +19,7 @@ from lapsv.config import FrontendConfig
 from lapsv.errors import ModelLoadError
 from lapsv.frontends.base import Frontend, FrontendOutput
 from lapsv.frontends.features import MelSpectrogram
+from lapsv.modeldir import state_fingerprint
 
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms
@@ -149,12 +150,13 @@ class GE2EEncoder(nn.Module):
 
     Example:
         >>> encoder = GE2EEncoder()  # random weights; GE2EEncoder.from_pretrained() loads GE2E's
-        >>> encoder.embed(torch.randn(2, 32000), torch.tensor([32000, 20000])).shape
+        >>> encoder.embed_batch(torch.randn(2, 32000), torch.tensor([32000, 20000])).shape
         torch.Size([2, 256])
     """
 
     embed_dim = HIDDEN_SIZE
     sample_rate = SAMPLE_RATE
+    max_input_seconds = None  # any length: windows of 1.6 s inside
 
     def __init__(self, frontend: GE2EFrontend | None = None) -> None:
         super().__init__()
@@ -177,8 +179,17 @@ class GE2EEncoder(nn.Module):
         final_states = self.frontend.run_layers(mels)[-1][:, -1]
         return F.normalize(torch.relu(self.projection(final_states)), dim=-1)
 
+    @property
+    def model_id(self) -> str:
+        """``ge2e-`` + the weights' content hash (:func:`~lapsv.modeldir.state_fingerprint`)."""
+        return "ge2e-" + state_fingerprint(self)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
     @torch.no_grad()
-    def embed(
+    def embed_batch(
         self,
         waveforms: torch.Tensor,
         lengths: torch.Tensor,

@@ -1,5 +1,8 @@
 """Scoring back end, METHOD.md §6: metrics, trial lists, cosine + AS-norm, QMF calibration.
 
+The one scoring path (cosine -> AS-norm -> QMF) is :mod:`lapsv.scoring.state`; trial-list
+evaluation is :mod:`lapsv.scoring.evaluate` (imported on its own: it loads models).
+
 Plot functions import matplotlib only when they draw.
 """
 
@@ -20,12 +23,11 @@ from lapsv.scoring.metrics import (
     min_dcf,
 )
 from lapsv.scoring.norm import (
-    EmbeddingTable,
     as_norm,
+    average_models,
     center_and_normalize,
     cosine_scores,
     embedding_mean,
-    embedding_table,
     enroll_models,
     length_normalize,
     speaker_cohort,
@@ -44,18 +46,17 @@ __all__ = [
     "DCF",
     "EER",
     "FEATURE_NAMES",
-    "EmbeddingTable",
     "QMFCalibrator",
     "Trials",
     "actual_dcf",
     "as_norm",
+    "average_models",
     "center_and_normalize",
     "cllr",
     "compute_metrics",
     "cosine_scores",
     "det_curve",
     "embedding_mean",
-    "embedding_table",
     "enroll_models",
     "equal_error_rate",
     "length_normalize",

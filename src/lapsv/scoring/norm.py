@@ -14,22 +14,20 @@ Scores are computed in chunks, without a Python loop per trial, in float32 by de
 
 from __future__ import annotations
 
-import dataclasses
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike
 
+from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import ScoringError
 
 __all__ = [
-    "EmbeddingTable",
     "as_norm",
+    "average_models",
     "center_and_normalize",
     "cosine_scores",
     "embedding_mean",
-    "embedding_table",
     "enroll_models",
     "length_normalize",
     "speaker_cohort",
@@ -100,60 +98,6 @@ def center_and_normalize(x: np.ndarray, *, mean: np.ndarray | None = None) -> np
     return length_normalize(subtract_mean(x, mean))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class EmbeddingTable:
-    """Embeddings addressed by utterance (or model) id.
-
-    Attributes:
-        ids: (n,) unique ids, one per row.
-        vectors: (n, E) embeddings.
-    """
-
-    ids: tuple[str, ...]
-    vectors: np.ndarray
-    _index: dict[str, int] = dataclasses.field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ids", tuple(self.ids))
-        vectors = _matrix(self.vectors, "embeddings")
-        if vectors.shape[0] != len(self.ids):
-            raise ScoringError(f"{len(self.ids)} ids but {vectors.shape[0]} embedding rows")
-        object.__setattr__(self, "vectors", vectors)
-        index = {utt: row for row, utt in enumerate(self.ids)}
-        if len(index) != len(self.ids):
-            duplicates = [u for u, count in Counter(self.ids).items() if count > 1]
-            raise ScoringError(
-                f"{len(duplicates)} duplicate embedding id(s), e.g. {duplicates[:5]}"
-            )
-        object.__setattr__(self, "_index", index)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows(self, wanted: Iterable[str]) -> np.ndarray:
-        """(m,) int64 row of each wanted id; an error lists up to 5 unknown ids.
-
-        >>> embedding_table(["a", "b"], np.eye(2)).rows(["b", "b", "a"]).tolist()
-        [1, 1, 0]
-        """
-        wanted = list(wanted)
-        rows = np.fromiter(
-            (self._index.get(u, -1) for u in wanted), dtype=np.int64, count=len(wanted)
-        )
-        if (rows < 0).any():
-            missing = list(dict.fromkeys(u for u, r in zip(wanted, rows, strict=True) if r < 0))
-            raise ScoringError(
-                f"{len(missing)} id(s) have no embedding, e.g. {missing[:5]}; embed them or "
-                f"fix the trial list"
-            )
-        return rows
-
-
-def embedding_table(ids: Sequence[str], embeddings: np.ndarray) -> EmbeddingTable:
-    """Index (n, E) ``embeddings`` by their (n,) utterance ids; ids must be unique."""
-    return EmbeddingTable(tuple(ids), embeddings)
-
-
 def _group_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Row means of ``vectors`` per group id in ``[0, n_groups)``; every group is non-empty."""
     order = np.argsort(groups, kind="stable")
@@ -161,6 +105,20 @@ def _group_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.n
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     sums = np.add.reduceat(vectors[order], starts, axis=0)
     return sums / counts[:, None].astype(sums.dtype)
+
+
+def average_models(unit_vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Speaker models: the mean of each group's unit-length rows, re-normalised.
+
+    (n, E) length-normalised vectors and (n,) group ids in ``[0, n_groups)`` (every group
+    non-empty) -> (n_groups, E) float32 unit vectors. Enrolment (:func:`enroll_models`),
+    AS-norm cohorts (:func:`speaker_cohort`) and the speaker database all average this way.
+
+    >>> average_models(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 0]), 1).round(4)
+    array([[0.7071, 0.7071]], dtype=float32)
+    """
+    unit_vectors = np.asarray(unit_vectors).astype(np.float32, copy=False)
+    return length_normalize(_group_means(unit_vectors, np.asarray(groups).ravel(), n_groups))
 
 
 def enroll_models(
@@ -183,7 +141,7 @@ def enroll_models(
     >>> models, vectors.round(4)
     (('m',), array([[0.7071, 0.7071]], dtype=float32))
     """
-    table = embedding_table(ids, embeddings)
+    table = EmbeddingSet(list(ids), _matrix(embeddings, "embeddings"), np.zeros(len(ids)))
     model_ids = tuple(enrollment_map)
     if not model_ids:
         raise ScoringError("the enrolment map lists no models")
@@ -193,9 +151,9 @@ def enroll_models(
         empty = [m for m, c in zip(model_ids, counts, strict=True) if c == 0]
         raise ScoringError(f"model(s) with no enrolment utterance: {empty[:5]}")
     rows = table.rows(utterances)
-    normed = length_normalize(table.vectors[rows]).astype(np.float32, copy=False)
     groups = np.repeat(np.arange(len(model_ids)), counts)
-    return model_ids, length_normalize(_group_means(normed, groups, len(model_ids)))
+    unit = length_normalize(table.embeddings[rows])
+    return model_ids, average_models(unit, groups, len(model_ids))
 
 
 def _compute_dtype(dtype: DTypeLike) -> np.dtype:
@@ -278,8 +236,7 @@ def speaker_cohort(
     if len(speakers) != embeddings.shape[0]:
         raise ScoringError(f"{len(speakers)} speaker labels for {embeddings.shape[0]} embeddings")
     labels, groups = np.unique(np.asarray(speakers, dtype=object).astype(str), return_inverse=True)
-    normed = center_and_normalize(embeddings, mean=mean).astype(np.float32, copy=False)
-    return length_normalize(_group_means(normed, groups.ravel(), len(labels)))
+    return average_models(center_and_normalize(embeddings, mean=mean), groups, len(labels))
 
 
 def _top_stats(
@@ -297,6 +254,32 @@ def _top_stats(
         mu[start : start + chunk] = scores.mean(axis=1, dtype=np.float64)
         sd[start : start + chunk] = scores.std(axis=1, dtype=np.float64)
     return mu, np.maximum(sd, np.finfo(vectors.dtype).eps)
+
+
+def _checked_top_n(top_n: int, cohort: np.ndarray) -> int:
+    if top_n < 2 or cohort.shape[0] < 2:
+        raise ScoringError(
+            f"AS-norm needs top_n >= 2 and a cohort of >= 2 vectors, got top_n={top_n} "
+            f"and {cohort.shape[0]} cohort vector(s)"
+        )
+    return min(top_n, cohort.shape[0])
+
+
+def _check_as_norm_shapes(
+    raw_scores: np.ndarray,
+    pairs_e: np.ndarray,
+    pairs_t: np.ndarray,
+    sides: tuple[np.ndarray, np.ndarray],
+    cohort: np.ndarray,
+) -> None:
+    if not raw_scores.shape == pairs_e.shape == pairs_t.shape:
+        raise ScoringError(
+            f"raw_scores {raw_scores.shape}, pairs_e {pairs_e.shape} and pairs_t "
+            f"{pairs_t.shape} must have the same length"
+        )
+    for vectors in sides:
+        if vectors.shape[1] != cohort.shape[1]:
+            raise ScoringError(f"vector dim {vectors.shape[1]} != cohort dim {cohort.shape[1]}")
 
 
 def as_norm(
@@ -343,25 +326,13 @@ def as_norm(
     raw_scores = np.asarray(raw_scores, dtype=np.float64)
     dtype = _compute_dtype(dtype)
     cohort = _matrix(cohort, "cohort").astype(dtype, copy=False)
-    if top_n < 2 or cohort.shape[0] < 2:
-        raise ScoringError(
-            f"AS-norm needs top_n >= 2 and a cohort of >= 2 vectors, got top_n={top_n} "
-            f"and {cohort.shape[0]} cohort vector(s)"
-        )
-    top_n = min(top_n, cohort.shape[0])
+    top_n = _checked_top_n(top_n, cohort)
     same_table = enroll_vectors is test_vectors
     enroll_vectors = _matrix(enroll_vectors, "enroll_vectors")
     test_vectors = enroll_vectors if same_table else _matrix(test_vectors, "test_vectors")
     pairs_e = _pairs(pairs_e, len(enroll_vectors), "pairs_e")
     pairs_t = _pairs(pairs_t, len(test_vectors), "pairs_t")
-    if not raw_scores.shape == pairs_e.shape == pairs_t.shape:
-        raise ScoringError(
-            f"raw_scores {raw_scores.shape}, pairs_e {pairs_e.shape} and pairs_t "
-            f"{pairs_t.shape} must have the same length"
-        )
-    for vectors in (enroll_vectors, test_vectors):
-        if vectors.shape[1] != cohort.shape[1]:
-            raise ScoringError(f"vector dim {vectors.shape[1]} != cohort dim {cohort.shape[1]}")
+    _check_as_norm_shapes(raw_scores, pairs_e, pairs_t, (enroll_vectors, test_vectors), cohort)
 
     def stats(vectors: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mu, sd) of the used rows, and each trial's position among them."""

@@ -1,8 +1,38 @@
-"""Learning rate as a pure function of the optimizer step (resuming needs only the step)."""
+"""Learning rate and AAM margin as pure functions of the optimizer step (resuming needs
+only the step)."""
 
 from __future__ import annotations
 
 import math
+
+from lapsv.losses import margin_at_step
+from lapsv.training.config import TrainConfig
+
+
+def schedules_at(
+    step: int, config: TrainConfig, *, steps_per_epoch: int, total_steps: int
+) -> tuple[float, float]:
+    """(learning rate, margin) at optimizer step ``step`` of a run of ``total_steps``.
+
+    >>> schedules_at(0, TrainConfig(), steps_per_epoch=10, total_steps=100)
+    (0.0001, 0.0)
+    """
+    optim, loss = config.optim, config.loss
+    lr = lr_at_step(
+        step,
+        total_steps=total_steps,
+        lr=optim.lr,
+        final_lr=optim.final_lr,
+        warmup_fraction=optim.warmup_fraction,
+    )
+    margin = margin_at_step(
+        step,
+        final_margin=loss.margin,
+        ramp_steps=int(loss.margin_ramp_epochs * steps_per_epoch),
+        initial_margin=loss.initial_margin,
+        shape=loss.margin_ramp_shape,
+    )
+    return lr, margin
 
 
 def lr_at_step(

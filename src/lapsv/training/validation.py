@@ -12,6 +12,10 @@ from lapsv.backend import SpeakerBackend
 from lapsv.data.manifest import Manifest, read_manifest
 from lapsv.frontends import Frontend
 from lapsv.inference import SharedFrontendModel, extract_embeddings
+from lapsv.scoring.metrics import compute_metrics
+from lapsv.scoring.norm import embedding_mean
+from lapsv.scoring.state import ScoringState, score_pairs
+from lapsv.scoring.trials import read_trials
 from lapsv.training.config import DataConfig
 
 
@@ -45,14 +49,13 @@ class Validator:
     """EER / minDCF of a model on validation trials between held-out training speakers.
 
     Scores are cosine similarities after subtracting the mean embedding of a fixed random
-    subset of training utterances (METHOD.md §6).
+    subset of training utterances (METHOD.md §6), through the one scoring path
+    (:func:`~lapsv.scoring.state.score_pairs`).
     """
 
     def __init__(
         self, manifest: Manifest, trials_path: str, mean_source: Manifest, *, batch_size: int = 16
     ) -> None:
-        from lapsv.scoring.trials import read_trials
-
         self.items = [(u.utt, manifest.audio_path(u)) for u in manifest]
         self.trials = read_trials(trials_path)
         self.mean_items = [(u.utt, mean_source.audio_path(u)) for u in mean_source]
@@ -81,9 +84,21 @@ class Validator:
         The frontend runs once per batch for all backends (see :class:`SharedFrontendModel`),
         and a frozen one only at the first call (:class:`MemoizedFrontend`).
         """
-        from lapsv.scoring.metrics import compute_metrics
-        from lapsv.scoring.norm import cosine_scores, embedding_mean
+        results = {}
+        for name, (scores, labels) in self.scores(frontend, backends, device).items():
+            metrics = compute_metrics(scores, labels)
+            results[name] = {
+                "val_eer": metrics["eer"],
+                "val_min_dcf_0.01": metrics["min_dcf_0.01"],
+                "val_min_dcf_0.05": metrics["min_dcf_0.05"],
+            }
+        return results
 
+    def scores(
+        self, frontend: Frontend, backends: dict[str, SpeakerBackend], device: torch.device | str
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per backend: the (n,) mean-subtracted cosine scores of the validation trials whose
+        both sides could be embedded, and their (n,) labels."""
         if frontend.frozen:
             if self.memo is None or self.memo.frontend is not frontend:
                 self.memo = MemoizedFrontend(frontend)
@@ -92,24 +107,20 @@ class Validator:
         kwargs = {"batch_size": self.batch_size, "device": device}
         embeddings = extract_embeddings(model, self.items, **kwargs)
         means = extract_embeddings(model, self.mean_items, **kwargs).embeddings
-        index = embeddings.index()
-        kept = [
-            (index[a], index[b], label)
-            for a, b, label in zip(
-                self.trials.enroll, self.trials.test, self.trials.labels, strict=True
-            )
-            if a in index and b in index
-        ]
-        pairs_e, pairs_t, labels = (np.array(column) for column in zip(*kept, strict=True))
+        keep, pairs_e, pairs_t = embeddings.trial_rows(self.trials.enroll, self.trials.test)
+        labels = np.asarray(self.trials.labels)[keep]
         results = {}
         for name, columns in model.columns().items():
-            vectors = embeddings.embeddings[:, columns]
-            mean = embedding_mean(means[:, columns])
-            scores = cosine_scores(vectors, vectors, pairs_e, pairs_t, mean=mean)
-            metrics = compute_metrics(scores, labels)
-            results[name] = {
-                "val_eer": metrics["eer"],
-                "val_min_dcf_0.01": metrics["min_dcf_0.01"],
-                "val_min_dcf_0.05": metrics["min_dcf_0.05"],
-            }
+            part = embeddings.columns(columns)
+            state = ScoringState(mean=embedding_mean(means[:, columns]))
+            scores = score_pairs(
+                state,
+                part.embeddings,
+                part.embeddings,
+                pairs_e,
+                pairs_t,
+                enroll_seconds=part.seconds,
+                test_seconds=part.seconds,
+            )
+            results[name] = (scores.cosine, labels)
         return results

@@ -1,9 +1,9 @@
-"""A speaker database in one SQLite file: enrol voices, identify recordings, list, delete.
+"""A speaker database in one SQLite file: enrol voices, list, delete, read speaker models.
 
 The file (``lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...``) holds three tables:
 
 * ``meta``: format, schema version, and the id of the model whose embeddings it holds
-  (:attr:`~lapsv.api.SpeakerAPI.model_id`, a fingerprint of the weights). Embeddings of
+  (:attr:`~lapsv.speaker.Speaker.model_id`, the content hash of the weights). Embeddings of
   another model are refused: they live in another space and would score as noise.
 * ``speakers``: one row per name, with creation and update times.
 * ``utterances``: every enrolment recording of a speaker, keyed by the SHA-256 of its
@@ -11,7 +11,8 @@ The file (``lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...``) holds three tab
 
 A speaker's model is computed from its utterances when scoring, in key order (so the same
 utterances always give the same model, whatever the enrolment order): the mean of their
-length-normalised embeddings, normalised (as :func:`~lapsv.scoring.norm.enroll_models`).
+length-normalised embeddings, normalised (:func:`~lapsv.scoring.norm.average_models`, as
+for enrolment models and AS-norm cohorts). Identification is :mod:`lapsv.identification`.
 Enrolling a name again adds its new recordings and replaces those it already has (same
 content); ``replace=True`` first drops all of its previous recordings.
 
@@ -28,19 +29,16 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from lapsv.errors import LapsvError
-
-if TYPE_CHECKING:
-    from lapsv.api import SpeakerAPI
+from lapsv.scoring.norm import average_models, length_normalize
 
 T = TypeVar("T")
 FORMAT = "lapsv-speakers"
@@ -115,28 +113,6 @@ class SpeakerModels:
     vectors: np.ndarray
     raw: np.ndarray
     seconds: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    name: str
-    score: float
-    cosine: float
-    asnorm: float | None
-    llr: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Identification:
-    """candidates: the top-k speakers, best first, by ``score_name``; answer: the best
-    name, ``"unknown"`` when its score is below the threshold, None without a threshold."""
-
-    source: str
-    candidates: tuple[Candidate, ...]
-    score_name: str
-    threshold: float | None
-    threshold_source: str
-    answer: str | None
 
 
 def _busy(error: sqlite3.OperationalError) -> bool:
@@ -482,168 +458,11 @@ class SpeakerDB:
         seconds = np.array([row[1] for row in rows], dtype=np.float64)
         speakers, groups = np.unique(np.array(names, dtype=object).astype(str), return_inverse=True)
         counts = np.bincount(groups, minlength=len(speakers))[:, None]
-        norms = np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        unit_sum = np.zeros((len(speakers), dim), dtype=np.float64)
         raw_sum = np.zeros((len(speakers), dim), dtype=np.float64)
-        np.add.at(unit_sum, groups, raw / norms)
         np.add.at(raw_sum, groups, raw)
-        vectors = unit_sum / np.maximum(np.linalg.norm(unit_sum, axis=1, keepdims=True), 1e-30)
         return SpeakerModels(
             tuple(map(str, speakers)),
-            vectors.astype(np.float32),
+            average_models(length_normalize(raw), groups, len(speakers)),
             (raw_sum / counts).astype(np.float32),
             np.bincount(groups, weights=seconds, minlength=len(speakers)),
         )
-
-
-def identify_embeddings(
-    db: SpeakerDB,
-    model: SpeakerAPI,
-    embeddings: np.ndarray,
-    seconds: Sequence[float],
-    sources: Sequence[str],
-    *,
-    top_k: int = 5,
-    threshold: float | None = None,
-) -> list[Identification]:
-    """Rank the enrolled speakers for each (E,) row of ``embeddings`` (raw, of ``model``).
-
-    Scores are those of ``lapsv verify`` against each speaker's model: cosine (training mean
-    subtracted when the model has one), AS-norm and the QMF LLR when the model has a cohort
-    and calibration. The ranking and the decision use the last of these that exists; the
-    threshold is ``threshold``, else LLR 0 for a calibrated model, else none (then no
-    "unknown" answer is possible and ``answer`` is None).
-    """
-    from lapsv.verification import resolve_threshold, score_pairs
-
-    db.check_model(model.model_id)
-    if top_k < 1:
-        raise SpeakerDBError(f"top_k must be at least 1, got {top_k}")
-    speakers = db.models()
-    state = model.scoring
-    n_speakers, n_tests = len(speakers.names), len(embeddings)
-    pairs_e = np.tile(np.arange(n_speakers), n_tests)
-    pairs_t = np.repeat(np.arange(n_tests), n_speakers)
-    scores = score_pairs(
-        state,
-        speakers.vectors,
-        np.asarray(embeddings, dtype=np.float32),
-        pairs_e,
-        pairs_t,
-        enroll_seconds=speakers.seconds,
-        test_seconds=np.asarray(seconds, dtype=np.float64),
-        enroll_raw=speakers.raw,
-    )
-    limit, source_of_limit = resolve_threshold(state, threshold)
-
-    def grid(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else np.asarray(values).reshape(n_tests, n_speakers)
-
-    decision, cosine, asnorm, llr = map(
-        grid, (scores.decision, scores.cosine, scores.asnorm, scores.llr)
-    )
-    results = []
-    for test in range(n_tests):
-        order = np.argsort(-decision[test], kind="stable")[:top_k]
-        candidates = tuple(
-            Candidate(
-                speakers.names[s],
-                float(decision[test, s]),
-                float(cosine[test, s]),
-                None if asnorm is None else float(asnorm[test, s]),
-                None if llr is None else float(llr[test, s]),
-            )
-            for s in order
-        )
-        answer = None
-        if limit is not None:
-            answer = candidates[0].name if candidates[0].score >= limit else "unknown"
-        results.append(
-            Identification(
-                sources[test], candidates, scores.decision_name, limit, source_of_limit, answer
-            )
-        )
-    return results
-
-
-def enroll_files(
-    db: SpeakerDB,
-    model: SpeakerAPI,
-    name: str,
-    paths: Sequence[str | Path],
-    *,
-    model_name: str = "",
-    replace: bool = False,
-    batch_size: int = 16,
-    max_seconds: float | None = None,
-    progress: bool = False,
-) -> tuple[EnrollResult | None, list[tuple[str, str]]]:
-    """Embed audio files with ``model`` and enrol the good ones as ``name``.
-
-    Returns the result (None when no file could be embedded) and the failures
-    ``(path, reason)``; the model is checked against the database before any embedding.
-    """
-    from lapsv.inference import DEFAULT_MAX_SECONDS, extract_embeddings
-
-    db.check_model(model.model_id, model_name=model_name)
-    items = [(str(p), str(p)) for p in paths]
-    embedded = extract_embeddings(
-        model,
-        items,
-        batch_size=batch_size,
-        device=model.device,
-        progress=progress,
-        max_seconds=DEFAULT_MAX_SECONDS if max_seconds is None else max_seconds,
-    )
-    utterances = [
-        Utterance(content_key(path), os.path.abspath(path), float(sec), vector)
-        for path, vector, sec in zip(
-            embedded.ids, embedded.embeddings, embedded.seconds, strict=True
-        )
-    ]
-    if not utterances:
-        return None, embedded.failures
-    result = db.enroll(
-        name, utterances, model_id=model.model_id, model_name=model_name, replace=replace
-    )
-    return result, embedded.failures
-
-
-def identify_files(
-    db: SpeakerDB,
-    model: SpeakerAPI,
-    paths: Sequence[str | Path],
-    *,
-    top_k: int = 5,
-    threshold: float | None = None,
-    model_name: str = "",
-    batch_size: int = 16,
-    max_seconds: float | None = None,
-    progress: bool = False,
-) -> tuple[list[Identification], list[tuple[str, str]]]:
-    """Embed audio files and identify each; returns the answers and the failures."""
-    from lapsv.inference import DEFAULT_MAX_SECONDS, extract_embeddings
-
-    db.check_model(model.model_id, model_name=model_name)
-    embedded = extract_embeddings(
-        model,
-        [(str(p), str(p)) for p in paths],
-        batch_size=batch_size,
-        device=model.device,
-        progress=progress,
-        max_seconds=DEFAULT_MAX_SECONDS if max_seconds is None else max_seconds,
-    )
-    if not embedded.ids:
-        return [], embedded.failures
-    order = {str(p): i for i, p in enumerate(paths)}
-    rows = sorted(range(len(embedded.ids)), key=lambda r: order[embedded.ids[r]])
-    answers = identify_embeddings(
-        db,
-        model,
-        embedded.embeddings[rows],
-        embedded.seconds[rows],
-        [embedded.ids[r] for r in rows],
-        top_k=top_k,
-        threshold=threshold,
-    )
-    return answers, embedded.failures

@@ -25,9 +25,9 @@ import numpy as np
 import soundfile
 
 from lapsv.audio import SAMPLE_RATE, load_audio
-from lapsv.data.debian import unpacked_package
-from lapsv.data.folders import build_audio_folder
 from lapsv.data.manifest import read_manifest
+from lapsv.demo.debian import unpacked_package
+from lapsv.demo.folders import build_audio_folder
 from lapsv.errors import ConfigError, LapsvError
 
 MUSIC_PACKAGE = "asterisk-moh-opsound-wav"

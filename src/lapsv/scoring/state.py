@@ -1,12 +1,14 @@
-"""Verify two recordings: cosine score, AS-norm and QMF-calibrated LLR when the model has them.
+"""The one scoring path: cosine -> AS-norm -> QMF LLR, with the state a model carries.
 
-Decisions need a threshold: an explicit one, or LLR 0 from a QMF calibration saved beside
-the model by ``lapsv eval --calibrate qmf`` (the Bayes decision at p_target 0.5). There is
-no hidden default threshold.
+:class:`ScoringState` (training mean, AS-norm cohort, QMF calibration) is fitted from
+training (cohort) embeddings by :func:`fit_scoring_state`, saved beside a model only when
+asked (``lapsv eval ... --save-scoring``), or travels inside an exported model's metadata.
+:func:`score_pairs` is the only function that turns embeddings into scores: ``verify``,
+``identify`` (:mod:`lapsv.identification`), ``eval`` (:mod:`lapsv.scoring.evaluate`),
+``lapsv score`` and training's validation all call it.
 
-The scoring state a model carries (:class:`ScoringState`: training mean, AS-norm cohort,
-QMF calibration) is read from the model directory, or from an exported model's metadata,
-and is used alike by ``verify`` and by ``identify`` (:mod:`lapsv.speakerdb`).
+Decisions need a threshold: an explicit one, or LLR 0 of a QMF calibration (the Bayes
+decision at p_target 0.5). There is no hidden default threshold.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from lapsv.evaluate import QMF_FILE, SCORING_FILE
-from lapsv.inference import DEFAULT_MAX_SECONDS, embed_file
-from lapsv.scoring.calibrate import QMFCalibrator, quality_features
-from lapsv.scoring.norm import as_norm, cosine_scores
+from lapsv.files import atomic_path
+from lapsv.modeldir import QMF_FILE, SCORING_FILE
+from lapsv.scoring.calibrate import QMFCalibrator, quality_features, sample_calibration_pairs
+from lapsv.scoring.norm import as_norm, cosine_scores, embedding_mean, speaker_cohort
 
 QMF_SOURCE = "QMF calibration (LLR 0)"
 
@@ -49,7 +51,7 @@ class ScoringState:
 
     @classmethod
     def load(cls, folder: str | Path) -> ScoringState:
-        """The state saved beside a model by ``lapsv eval --cohort ... --calibrate qmf``."""
+        """The state saved beside a model by ``lapsv eval ... --save-scoring`` (or empty)."""
         folder = Path(folder)
         if not (folder / SCORING_FILE).is_file():
             return cls()
@@ -59,6 +61,21 @@ class ScoringState:
         if (folder / QMF_FILE).is_file():
             calibrator = QMFCalibrator.load(folder / QMF_FILE)
         return cls(mean, cohort, top_n, calibrator)
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Write ``scoring.npz`` (and ``qmf.json`` when calibrated) into ``folder``,
+        each atomically; a stale ``qmf.json`` of an uncalibrated state is removed."""
+        if self.cohort is None:
+            raise ValueError("an empty scoring state has nothing to save")
+        folder = Path(folder)
+        files = {"scoring": folder / SCORING_FILE}
+        with atomic_path(files["scoring"]) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, mean=self.mean, cohort=self.cohort, top_n=np.array(self.top_n))
+        if self.calibrator is not None:
+            files["qmf"] = self.calibrator.save(folder / QMF_FILE)
+        else:
+            (folder / QMF_FILE).unlink(missing_ok=True)
+        return files
 
     def to_metadata(self) -> dict[str, str]:
         """Plain strings (for ONNX metadata / TorchScript extra files); {} when empty."""
@@ -87,11 +104,13 @@ class ScoringState:
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """(n,) cosine scores; AS-norm and LLR (n,) or None when the model has no cohort / QMF."""
+    """(n,) cosine scores; AS-norm, QMF quality features (n, F) and LLR, or None when the
+    state has no cohort / calibration."""
 
     cosine: np.ndarray
     asnorm: np.ndarray | None
     llr: np.ndarray | None
+    features: np.ndarray | None = None
 
     @property
     def decision(self) -> np.ndarray:
@@ -131,30 +150,57 @@ def score_pairs(
             enrolled models (a model's raw vector is the mean of its utterances').
     """
     cosine = cosine_scores(enroll_vectors, test_vectors, pairs_e, pairs_t, mean=state.mean)
-    asnorm = llr = None
-    if state.cohort is not None:
-        asnorm = as_norm(
-            cosine,
-            enroll_vectors,
-            test_vectors,
-            pairs_e,
-            pairs_t,
-            state.cohort,
-            top_n=state.top_n,
-            mean=state.mean,
-        )
-        if state.calibrator is not None:
-            features = quality_features(
-                asnorm,
-                enroll_vectors if enroll_raw is None else enroll_raw,
-                test_vectors,
-                enroll_seconds,
-                test_seconds,
-                pairs_e=pairs_e,
-                pairs_t=pairs_t,
-            )
-            llr = state.calibrator.llr(features)
-    return Scores(cosine, asnorm, llr)
+    if state.cohort is None:
+        return Scores(cosine, None, None)
+    asnorm = as_norm(
+        cosine,
+        enroll_vectors,
+        test_vectors,
+        pairs_e,
+        pairs_t,
+        state.cohort,
+        top_n=state.top_n,
+        mean=state.mean,
+    )
+    features = quality_features(
+        asnorm,
+        enroll_vectors if enroll_raw is None else enroll_raw,
+        test_vectors,
+        enroll_seconds,
+        test_seconds,
+        pairs_e=pairs_e,
+        pairs_t=pairs_t,
+    )
+    llr = None if state.calibrator is None else state.calibrator.llr(features)
+    return Scores(cosine, asnorm, llr, features)
+
+
+def fit_scoring_state(
+    embeddings: np.ndarray,
+    seconds: np.ndarray,
+    speakers: Sequence[str],
+    *,
+    top_n: int = 600,
+    calibrate: bool = False,
+    calibration_pairs: int = 30_000,
+) -> ScoringState:
+    """The scoring state of (n, E) raw TRAINING embeddings of ``speakers`` lasting ``seconds``.
+
+    Their mean (length-normalised) is subtracted before cosine, their per-speaker means
+    form the AS-norm cohort (top ``top_n``, clipped to the cohort size), and with
+    ``calibrate`` QMF is fitted on ``calibration_pairs`` pairs of them, scored by
+    :func:`score_pairs` exactly like trials.
+    """
+    mean = embedding_mean(embeddings)
+    cohort = speaker_cohort(embeddings, speakers, mean=mean)
+    state = ScoringState(mean, cohort, min(top_n, len(cohort)))
+    if not calibrate:
+        return state
+    idx_a, idx_b, labels = sample_calibration_pairs(speakers, n_pairs=calibration_pairs, seed=0)
+    scores = score_pairs(
+        state, embeddings, embeddings, idx_a, idx_b, enroll_seconds=seconds, test_seconds=seconds
+    )
+    return dataclasses.replace(state, calibrator=QMFCalibrator().fit(scores.features, labels))
 
 
 def resolve_threshold(state: ScoringState, threshold: float | None) -> tuple[float | None, str]:
@@ -216,38 +262,3 @@ def verify_embeddings(
     if threshold is not None:
         result = dataclasses.replace(result, same=result.decision_score >= threshold)
     return result
-
-
-class Verifier:
-    """A model plus the scoring state saved beside it (training mean, cohort, QMF).
-
-    ``model_name_or_path`` is anything :func:`~lapsv.loading.load_model` takes, an
-    exported ``.onnx`` / TorchScript file included (its scoring state travels inside it).
-    """
-
-    def __init__(
-        self, model_name_or_path: str | Path, *, device: str = "cpu", trust_pickle: bool = False
-    ) -> None:
-        from lapsv.loading import load_model
-
-        self.model = load_model(model_name_or_path, device=device, trust_pickle=trust_pickle)
-        self.device = device
-        self.state: ScoringState = getattr(self.model, "scoring", None) or ScoringState()
-        self.mean, self.cohort = self.state.mean, self.state.cohort
-        self.top_n, self.calibrator = self.state.top_n, self.state.calibrator
-
-    def verify_files(
-        self,
-        a: str | Path,
-        b: str | Path,
-        *,
-        threshold: float | None = None,
-        max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    ) -> Verification:
-        """Compare two audio files (any format libsndfile reads, any rate); files longer
-        than ``max_seconds`` are embedded window by window (:func:`~lapsv.inference.embed_file`)."""
-        (ea, sa), (eb, sb) = (
-            embed_file(self.model, path, max_seconds=max_seconds, device=self.device)
-            for path in (a, b)
-        )
-        return verify_embeddings(self.state, ea, eb, (sa, sb), threshold=threshold)

@@ -1,0 +1,326 @@
+"""The ``lapsv`` argument parser: one function per verb. Flag names equal the library's
+parameter names (``--top_k`` / ``--top-k``); every verb's handler lives in a verbs module."""
+
+from __future__ import annotations
+
+import argparse
+
+from lapsv import __version__
+from lapsv.cli.model_verbs import (
+    cmd_embed,
+    cmd_eval,
+    cmd_export,
+    cmd_info,
+    cmd_inspect,
+    cmd_score,
+    cmd_verify,
+)
+from lapsv.cli.project_verbs import cmd_data, cmd_demo, cmd_train
+from lapsv.cli.speaker_verbs import cmd_enroll, cmd_identify, cmd_speakers
+from lapsv.inference import DEFAULT_MAX_SECONDS
+
+
+def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+MODEL_HELP = "model directory, hub id, built-in name (ge2e), or a file from `lapsv export`"
+
+
+def _max_seconds_option(parser: argparse.ArgumentParser) -> None:
+    _option(
+        parser,
+        "max_seconds",
+        type=float,
+        default=DEFAULT_MAX_SECONDS,
+        help="longer recordings are embedded in windows of at most this many seconds, "
+        "averaged (bounded memory)",
+    )
+
+
+def _trust_pickle_option(parser: argparse.ArgumentParser) -> None:
+    _option(
+        parser,
+        "trust_pickle",
+        action="store_true",
+        help="allow pickle weights (.pt/.bin/.ckpt); unpickling runs any code a file "
+        "carries, so only for files you trust",
+    )
+
+
+def _embedding_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the verbs that embed audio files with a MODEL (embed, enroll, identify)."""
+    _option(parser, "batch_size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _max_seconds_option(parser)
+    _trust_pickle_option(parser)
+
+
+def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help=f"override a value of {what}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lapsv", description="Speaker verification with Layer Attentive Pooling."
+    )
+    parser.add_argument("--version", action="version", version=f"lapsv {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add_verb in (
+        _add_embed,
+        _add_train,
+        _add_eval,
+        _add_score,
+        _add_verify,
+        _add_enroll,
+        _add_identify,
+        _add_speakers,
+        _add_export,
+        _add_inspect,
+        _add_demo,
+        _add_data,
+        _add_info,
+    ):
+        add_verb(verbs)
+    return parser
+
+
+def _add_embed(verbs: argparse._SubParsersAction) -> None:
+    embed = verbs.add_parser("embed", help="extract speaker embeddings of audio files")
+    embed.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    embed.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    embed.add_argument("--out", default="embeddings.npz", help="output .npz (ids, embeddings)")
+    embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
+    _embedding_options(embed)
+    embed.set_defaults(func=cmd_embed)
+
+
+def _add_train(verbs: argparse._SubParsersAction) -> None:
+    train = verbs.add_parser(
+        "train", help="run a training stage from a YAML recipe (resumes if interrupted)"
+    )
+    train.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
+    _overrides(train, "the recipe (repeatable)")
+    train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _option(
+        train,
+        "drop_invalid",
+        action="store_true",
+        help="drop the utterances data validation reports and train on the rest "
+        "(data.drop_invalid=true)",
+    )
+    _trust_pickle_option(train)
+    train.set_defaults(func=cmd_train)
+
+
+def _add_eval(verbs: argparse._SubParsersAction) -> None:
+    evaluation = verbs.add_parser(
+        "eval", help="evaluate a model on a trial list (EER, minDCF, DET plot, score file)"
+    )
+    evaluation.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    evaluation.add_argument("--trials", required=True, help="VoxCeleb, Kaldi or CSV trial list")
+    _option(
+        evaluation,
+        "audio_root",
+        required=True,
+        help="folder the trial list's paths are relative to",
+    )
+    evaluation.add_argument(
+        "--cohort", help="manifest of training utterances: mean subtraction, AS-norm, QMF"
+    )
+    evaluation.add_argument("--norm", choices=["none", "asnorm"], default="none")
+    evaluation.add_argument("--calibrate", choices=["none", "qmf"], default="none")
+    _option(evaluation, "top_n", type=int, default=600)
+    evaluation.add_argument(
+        "--out",
+        default="results",
+        help="results folder: scores, metrics, plots, embedding caches and the fitted scoring "
+        "state (scoring.npz, qmf.json)",
+    )
+    _option(
+        evaluation,
+        "save_scoring",
+        action="store_true",
+        help="also attach the fitted scoring state (training mean, AS-norm cohort, QMF) to "
+        "the model directory, for verify and identify; without it the model is not changed",
+    )
+    _option(evaluation, "batch_size", type=int, default=16)
+    evaluation.add_argument("--device", default="cpu")
+    _trust_pickle_option(evaluation)
+    evaluation.set_defaults(func=cmd_eval)
+
+
+def _add_score(verbs: argparse._SubParsersAction) -> None:
+    score = verbs.add_parser(
+        "score", help="metrics of a score file, or scores from cached embeddings"
+    )
+    score.add_argument("--scores", help="lines 'enroll test score label'")
+    score.add_argument("--embeddings", help=".npz written by lapsv embed / eval")
+    score.add_argument("--trials", help="trial list to score with --embeddings")
+    score.add_argument("--enroll", help="Kaldi spk2utt file: enrol models from several utterances")
+    _option(
+        score,
+        "mean_from",
+        help=".npz whose mean embedding is subtracted",
+    )
+    score.add_argument("--out", help="write the scores computed from --embeddings here")
+    score.add_argument("--calibrated", action="store_true", help="scores are LLRs: add Cllr")
+    score.set_defaults(func=cmd_score)
+
+
+def _add_verify(verbs: argparse._SubParsersAction) -> None:
+    verify = verbs.add_parser("verify", help="are two recordings the same speaker?")
+    verify.add_argument("model", help=MODEL_HELP)
+    verify.add_argument("a", help="first audio file")
+    verify.add_argument("b", help="second audio file")
+    verify.add_argument(
+        "--threshold", type=float, help="decision threshold (default: LLR 0 if calibrated)"
+    )
+    verify.add_argument("--device", default="cpu")
+    _max_seconds_option(verify)
+    _trust_pickle_option(verify)
+    verify.set_defaults(func=cmd_verify)
+
+
+def _add_enroll(verbs: argparse._SubParsersAction) -> None:
+    enroll = verbs.add_parser(
+        "enroll", help="add a speaker's recordings to a speaker database (SQLite)"
+    )
+    enroll.add_argument("model", help=MODEL_HELP)
+    enroll.add_argument("--db", required=True, help="speaker database file (created if missing)")
+    enroll.add_argument("name", help="the speaker's name")
+    enroll.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    enroll.add_argument(
+        "--replace", action="store_true", help="drop the speaker's earlier recordings first"
+    )
+    _embedding_options(enroll)
+    enroll.set_defaults(func=cmd_enroll)
+
+
+def _add_identify(verbs: argparse._SubParsersAction) -> None:
+    identify = verbs.add_parser("identify", help="who is speaking? top-k enrolled speakers")
+    identify.add_argument("model", help=MODEL_HELP)
+    identify.add_argument("--db", required=True, help="speaker database file")
+    identify.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    _option(identify, "top_k", type=int, default=3, help="speakers listed per recording")
+    identify.add_argument(
+        "--threshold",
+        type=float,
+        help="below it the answer is 'unknown' (default: LLR 0 if the model is calibrated; "
+        "otherwise a cosine / AS-norm threshold you choose)",
+    )
+    _embedding_options(identify)
+    identify.set_defaults(func=cmd_identify)
+
+
+def _add_speakers(verbs: argparse._SubParsersAction) -> None:
+    speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")
+    speakers.add_argument("--db", help="speaker database file")
+    speakers_verbs = speakers.add_subparsers(dest="speakers_verb", required=True, metavar="ACTION")
+    listing = speakers_verbs.add_parser("list", help="speakers, recordings and seconds")
+    listing.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    listing.add_argument("--utterances", action="store_true", help="list each recording too")
+    delete = speakers_verbs.add_parser("delete", help="remove speakers and their recordings")
+    delete.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    speakers.set_defaults(func=cmd_speakers)
+
+
+def _add_export(verbs: argparse._SubParsersAction) -> None:
+    export = verbs.add_parser(
+        "export", help="export to ONNX or TorchScript (dynamic batch and length), checked"
+    )
+    export.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", required=True, help="file: .onnx, or .pt / .ts for TorchScript")
+    _trust_pickle_option(export)
+    export.set_defaults(func=cmd_export)
+
+
+def _add_inspect(verbs: argparse._SubParsersAction) -> None:
+    inspect = verbs.add_parser("inspect", help="which layers the model uses over time")
+    inspect.add_argument("model", help="model directory or hub id")
+    inspect.add_argument("audio", help="an audio file")
+    inspect.add_argument("--plot", help="write a heat map PNG here")
+    _trust_pickle_option(inspect)
+    inspect.set_defaults(func=cmd_inspect)
+
+
+def _add_demo(verbs: argparse._SubParsersAction) -> None:
+    demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
+    demo.add_argument("--out", default="lapsv-demo", help="output folder")
+    _option(demo, "budget_minutes", type=float, default=20.0)
+    demo.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train stage 1 with this many seeds (0, 1, ...) and report each system's EER "
+        "spread over them; every extra seed takes 3 to 9 min (GE2E) and about 8 min "
+        "(Whisper-base) on 2 cores",
+    )
+    demo.add_argument(
+        "--frontend",
+        choices=("all", "ge2e", "whisper-base"),
+        default="all",
+        help="which frozen frontend(s) to run the demo on (default: both)",
+    )
+    _overrides(demo, "the demo recipe (repeatable)")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_data(verbs: argparse._SubParsersAction) -> None:
+    data = verbs.add_parser("data", help="build or prepare data: manifests, corpora, noise")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
+    validate = data_verbs.add_parser(
+        "validate", help="check a manifest's files (headers only): every problem in one report"
+    )
+    validate.add_argument("manifest", help="manifest (.tsv) to check")
+    _option(validate, "crop_seconds", type=float, help="report audio shorter than this")
+    _option(
+        validate,
+        "min_utterances",
+        type=int,
+        default=2,
+        help="report speakers with fewer usable utterances",
+    )
+    _option(validate, "sample_rate", type=int, default=16000, help="expected rate (0: any rate)")
+    corpus = data_verbs.add_parser("demo-corpus", help="real-speech corpus from Debian packages")
+    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--cache", help="folder for downloaded packages")
+    noise = data_verbs.add_parser("demo-noise", help="MUSAN/RIRS_NOISES-style folders, offline")
+    noise.add_argument("--out", required=True)
+    _option(
+        noise,
+        "speech_manifest",
+        help="training manifest for babble",
+    )
+    noise.add_argument("--cache", help="folder for downloaded packages")
+    for layout, what in [
+        ("folder", "a folder of speaker sub-folders"),
+        ("kaldi", "a Kaldi data dir (wav.scp + utt2spk)"),
+        ("voxceleb", "a VoxCeleb1/2 tree (id*/video/*.wav or .m4a)"),
+    ]:
+        prepare = data_verbs.add_parser(f"prepare-{layout}", help=f"manifests from {what}")
+        prepare.add_argument("source", help=what)
+        prepare.add_argument("--out", required=True, help="where manifests and trials go")
+        _option(
+            prepare,
+            "val_speakers",
+            type=int,
+            default=20,
+            help="held-out training speakers",
+        )
+        prepare.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=cmd_data)
+
+
+def _add_info(verbs: argparse._SubParsersAction) -> None:
+    info = verbs.add_parser("info", help="describe a model: sizes, parameters, config")
+    info.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    _trust_pickle_option(info)
+    info.set_defaults(func=cmd_info)

@@ -1,0 +1,145 @@
+"""CLI verbs of the speaker database: enroll, identify, speakers (list / delete)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lapsv.audio import AUDIO_SUFFIXES
+from lapsv.cli.failures import report_failures
+from lapsv.identification import enroll_files, identify_files
+from lapsv.inference import expand_audio_inputs
+from lapsv.speaker import load_model
+from lapsv.speakers import SpeakerDB
+
+
+def _audio_paths(inputs: list[str]) -> list[str]:
+    return [path for _, path in expand_audio_inputs(inputs)]
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    if Path(args.name).suffix.lower() in AUDIO_SUFFIXES and Path(args.name).is_file():
+        print(
+            f"error: {args.name} is an audio file; the speaker's NAME comes first: "
+            "lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...",
+            file=sys.stderr,
+        )
+        return 2
+    paths = _audio_paths(args.audio)
+    if not paths:
+        print("error: no audio files found in the given inputs", file=sys.stderr)
+        return 2
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
+    with SpeakerDB(args.db, create=True) as db:
+        result, failures = enroll_files(
+            db,
+            model,
+            args.name,
+            paths,
+            model_name=str(args.model),
+            replace=args.replace,
+            batch_size=args.batch_size,
+            max_seconds=args.max_seconds,
+            progress=len(paths) >= 20,
+        )
+    if result is None:
+        print(
+            f"error: no recording of {args.name} could be embedded: nothing enrolled",
+            file=sys.stderr,
+        )
+        report_failures(failures)
+        return 2
+    what = "enrolled new speaker" if result.new_speaker else "updated speaker"
+    removed = f", {result.removed} removed" if args.replace else ""
+    print(
+        f"{what} {result.name}: {result.added} recording(s) added, {result.updated} "
+        f"updated{removed}; {result.total} in total ({result.seconds:.1f} s) in {args.db} "
+        f"[model {model.model_id}]"
+    )
+    return report_failures(failures)
+
+
+def _format_candidate(rank: int, candidate, score_name: str) -> str:
+    parts = [f"{rank:>4}. {candidate.name:<24} {score_name} {candidate.score:+8.3f}"]
+    if score_name != "cosine":
+        parts.append(f"cosine {candidate.cosine:+.3f}")
+    if candidate.asnorm is not None and score_name != "AS-norm":
+        parts.append(f"AS-norm {candidate.asnorm:+.3f}")
+    return "   ".join(parts)
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    paths = _audio_paths(args.audio)
+    if not paths:
+        print("error: no audio files found in the given inputs", file=sys.stderr)
+        return 2
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
+    with SpeakerDB(args.db) as db:
+        answers, failures = identify_files(
+            db,
+            model,
+            paths,
+            top_k=args.top_k,
+            threshold=args.threshold,
+            model_name=str(args.model),
+            batch_size=args.batch_size,
+            max_seconds=args.max_seconds,
+            progress=len(paths) >= 20,
+        )
+    for answer in answers:
+        best = answer.candidates[0]
+        if answer.answer is None:
+            verdict = f"best match {best.name} (no threshold: no decision)"
+        else:
+            known = answer.answer != "unknown"
+            verdict = (
+                f"{answer.answer} ({'' if known else f'best {best.name}: '}"
+                f"{answer.score_name} {best.score:+.3f} {'>=' if known else '<'} threshold "
+                f"{answer.threshold:+.3f}, {answer.threshold_source})"
+            )
+        print(f"{answer.source} -> {verdict}")
+        for rank, candidate in enumerate(answer.candidates, start=1):
+            print(_format_candidate(rank, candidate, answer.score_name))
+    if answers and answers[0].answer is None:
+        print(
+            f"no threshold: scores are {answers[0].score_name}s, so pass --threshold (say the "
+            "EER threshold `lapsv eval` finds on your data) to answer 'unknown' below it, or "
+            "calibrate the model (`lapsv eval MODEL ... --cohort TRAIN.tsv --calibrate qmf "
+            "--save-scoring`) "
+            "to decide at LLR 0"
+        )
+    return report_failures(failures)
+
+
+def cmd_speakers(args: argparse.Namespace) -> int:
+    if not args.db:
+        print("error: give the database: lapsv speakers --db SPEAKERS.db ACTION", file=sys.stderr)
+        return 2
+    with SpeakerDB(args.db) as db:
+        if args.speakers_verb == "delete":
+            unknown = sorted(set(args.names) - {s.name for s in db.speakers()})
+            if unknown:
+                print(f"error: {args.db} has no speaker {', '.join(unknown)}", file=sys.stderr)
+                return 2
+            for name in args.names:
+                count = db.delete(name)
+                print(f"deleted {name} ({count} recording(s)) from {args.db}")
+            return 0
+        speakers = db.speakers()
+        meta = db.meta()
+        model = meta.get("model_id", "none yet")
+        if meta.get("model_name"):
+            model += f" ({meta['model_name']})"
+        print(f"{args.db}: {len(speakers)} speaker(s); model {model}")
+        if speakers:
+            print(f"  {'name':<24} {'recordings':>10} {'seconds':>9}  updated (UTC)")
+        for speaker in speakers:
+            print(
+                f"  {speaker.name:<24} {speaker.utterances:>10} {speaker.seconds:>9.1f}  "
+                f"{speaker.updated}"
+            )
+            if args.utterances:
+                for utterance in sorted(db.utterances(speaker.name), key=lambda u: u.source):
+                    print(f"      {utterance.seconds:6.1f} s  {utterance.source}")
+    return 0

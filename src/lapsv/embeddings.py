@@ -1,0 +1,121 @@
+"""The one embedding container: named utterance embeddings, their durations, and failures.
+
+:func:`~lapsv.inference.extract_embeddings` returns one, ``lapsv embed`` / ``lapsv eval``
+save them as ``.npz``, and scoring addresses its rows by id (:meth:`EmbeddingSet.rows`,
+:meth:`EmbeddingSet.trial_rows`). It sits below both inference and scoring, so scoring
+needs no audio or torch code to read embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lapsv.errors import ScoringError
+from lapsv.files import atomic_path
+
+
+@dataclasses.dataclass
+class EmbeddingSet:
+    """Embeddings of named utterances, with durations and the files that failed.
+
+    ids: n unique utterance ids; embeddings: (n, E) float32; seconds: (n,) durations;
+    failures: (id, reason) of utterances that could not be embedded.
+
+    >>> table = EmbeddingSet(["a", "b"], np.eye(2, dtype=np.float32), np.ones(2))
+    >>> table.rows(["b", "b", "a"]).tolist()
+    [1, 1, 0]
+    """
+
+    ids: list[str]
+    embeddings: np.ndarray
+    seconds: np.ndarray
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ids = list(self.ids)
+        if len(self.embeddings) != len(self.ids):
+            raise ScoringError(f"{len(self.ids)} ids but {len(self.embeddings)} embedding rows")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def empty(cls, dim: int = 0) -> EmbeddingSet:
+        return cls([], np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
+
+    def index(self) -> dict[str, int]:
+        """id -> row; an error names duplicate ids."""
+        index = {utt: row for row, utt in enumerate(self.ids)}
+        if len(index) != len(self.ids):
+            duplicates = [u for u, count in Counter(self.ids).items() if count > 1]
+            raise ScoringError(
+                f"{len(duplicates)} duplicate embedding id(s), e.g. {duplicates[:5]}"
+            )
+        return index
+
+    def rows(self, wanted: Iterable[str]) -> np.ndarray:
+        """(m,) int64 row of each wanted id; an error lists up to 5 unknown ids."""
+        index = self.index()
+        wanted = list(wanted)
+        rows = np.fromiter((index.get(u, -1) for u in wanted), dtype=np.int64, count=len(wanted))
+        if (rows < 0).any():
+            missing = list(dict.fromkeys(u for u, r in zip(wanted, rows, strict=True) if r < 0))
+            raise ScoringError(
+                f"{len(missing)} id(s) have no embedding, e.g. {missing[:5]}; embed them or "
+                f"fix the trial list"
+            )
+        return rows
+
+    def trial_rows(
+        self, enroll: Sequence[str], test: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of the trials whose both sides are here: (keep mask (n,), pairs_e, pairs_t).
+
+        Trials with a side that was not embedded (a failed file) are left out, not errors.
+        """
+        index = self.index()
+        keep = np.array([a in index and b in index for a, b in zip(enroll, test, strict=True)])
+        kept = np.flatnonzero(keep)
+        pairs_e = np.array([index[enroll[i]] for i in kept], dtype=np.int64)
+        pairs_t = np.array([index[test[i]] for i in kept], dtype=np.int64)
+        return keep, pairs_e, pairs_t
+
+    def columns(self, span: slice) -> EmbeddingSet:
+        """The same utterances with only the embedding columns ``span``."""
+        return EmbeddingSet(self.ids, self.embeddings[:, span], self.seconds, self.failures)
+
+    def merged(self, other: EmbeddingSet) -> EmbeddingSet:
+        """These rows then ``other``'s; failures are ``other``'s (the newer attempt)."""
+        if not self.ids:
+            return other
+        return EmbeddingSet(
+            self.ids + other.ids,
+            np.concatenate([self.embeddings, other.embeddings]),
+            np.concatenate([self.seconds, other.seconds]),
+            other.failures,
+        )
+
+    def save(self, path: str | Path, *, model_id: str = "") -> None:
+        """Write an .npz atomically (no pickled objects inside); ``model_id``: the
+        :attr:`~lapsv.speaker.Speaker.model_id` of the model that made them."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                ids=np.array(self.ids, dtype=str),
+                embeddings=self.embeddings,
+                seconds=self.seconds,
+                model_id=np.array(model_id),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[EmbeddingSet, str]:
+        """Read an .npz written by :meth:`save`; returns the set and its model id."""
+        with np.load(path, allow_pickle=False) as data:
+            model_id = str(data["model_id"]) if "model_id" in data else ""
+            seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
+            return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
