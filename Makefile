@@ -5,14 +5,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where torch comes from. Empty: the configured pip index (this project's machines serve the
+# CPU build; plain PyPI serves a CUDA build on Linux). For the CPU build anywhere:
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cpu test
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-slow lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of PyTorch first, so no dependency pulls a multi-GB CUDA build
-	$(BIN)/pip install -q "torch==2.13.0"
+	# PyTorch first (see TORCH_INDEX), so no dependency pulls another build of it
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	# GE2E weights for the offline default frontend (weights only: its deps are optional)
 	$(BIN)/pip install -q --no-deps "resemblyzer==0.1.4"

@@ -195,7 +195,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: no such config file") from error
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: invalid YAML ({error})") from error
     if data is None:
         return {}

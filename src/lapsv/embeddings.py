@@ -9,6 +9,7 @@ needs no audio or torch code to read embeddings.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -85,6 +86,14 @@ class EmbeddingSet:
         pairs_t = np.array([index[test[i]] for i in kept], dtype=np.int64)
         return keep, pairs_e, pairs_t
 
+    def in_order(self, ids: Sequence[str]) -> EmbeddingSet:
+        """The rows reordered as ``ids`` lists them (ids not here are skipped)."""
+        index = self.index()
+        rows = [index[utt] for utt in dict.fromkeys(ids) if utt in index]
+        return EmbeddingSet(
+            [self.ids[r] for r in rows], self.embeddings[rows], self.seconds[rows], self.failures
+        )
+
     def columns(self, span: slice) -> EmbeddingSet:
         """The same utterances with only the embedding columns ``span``."""
         return EmbeddingSet(self.ids, self.embeddings[:, span], self.seconds, self.failures)
@@ -115,7 +124,12 @@ class EmbeddingSet:
     @classmethod
     def load(cls, path: str | Path) -> tuple[EmbeddingSet, str]:
         """Read an .npz written by :meth:`save`; returns the set and its model id."""
-        with np.load(path, allow_pickle=False) as data:
-            model_id = str(data["model_id"]) if "model_id" in data else ""
-            seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
-            return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                model_id = str(data["model_id"]) if "model_id" in data else ""
+                seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
+                return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ScoringError(
+                f"{path}: not an embeddings file written by lapsv embed / eval ({error})"
+            ) from error

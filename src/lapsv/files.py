@@ -107,6 +107,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         for child in tmp.iterdir():
             with open(child, "rb+") as handle:
                 os.fsync(handle.fileno())
+            os.chmod(child, _default_mode())  # as every other output, whatever wrote it
         _fsync_directory(tmp)
         os.chmod(tmp, _default_mode(directory=True))
         backup = None

@@ -13,10 +13,10 @@ import torch
 
 from lapsv.audio import load_audio
 from lapsv.cli.failures import report_failures
+from lapsv.cli.options import prepare_output
 from lapsv.config import dump_yaml, to_dict
 from lapsv.embeddings import EmbeddingSet
 from lapsv.export import export_model
-from lapsv.files import check_writable_file, check_writable_folder
 from lapsv.inference import expand_audio_inputs, extract_embeddings
 from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
 from lapsv.model import SpeakerModel
@@ -27,12 +27,12 @@ from lapsv.speaker import load_model
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    check_writable_file(args.out, what="embeddings file")  # before any work
-    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     items = expand_audio_inputs(args.audio)
     if not items:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
+    prepare_output(args.out, what="embeddings file")  # before any work
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     result = extract_embeddings(
         model,
         items,
@@ -41,6 +41,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         progress=len(items) >= 20,
         max_seconds=args.max_seconds,
     )
+    if not result.ids:
+        print(
+            f"error: none of the {len(items)} files could be embedded: nothing written",
+            file=sys.stderr,
+        )
+        report_failures(result.failures)
+        return 1
+    result = result.in_order([utt for utt, _ in items])  # the inputs' order, not the batches'
     out = Path(args.out)
     result.save(out, model_id=model.model_id)
     print(
@@ -54,7 +62,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    check_writable_folder(args.out, what="results folder")  # before any work
+    prepare_output(args.out, what="results folder", folder=True)  # before any work
     result = evaluate(
         args.model,
         args.trials,
@@ -90,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.out:
-        check_writable_file(args.out, what="score file")  # before any work
+        prepare_output(args.out, what="score file")  # before any work
     if args.scores:
         trials, scores = read_scores(args.scores)
     else:
@@ -124,6 +132,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in encoder.parameters())
     print(f"model: {args.model}")
     print(f"embedding size: {model.embed_dim}   sample rate: {model.sample_rate} Hz")
+    print(f"model id: {model.model_id}   calibrated: {model.scoring.calibrated}")
     print(f"parameters: {n_params:,}")
     if isinstance(encoder, SpeakerModel):
         backend_params = sum(p.numel() for p in encoder.backend.parameters())
@@ -156,6 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    prepare_output(args.out, what="exported model file")  # before any work
     model = load_model(args.model, trust_pickle=args.trust_pickle)
     result = export_model(model, args.out, format=args.format, source=str(args.model))
     size = result.path.stat().st_size / 1e6
@@ -174,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.plot:
-        check_writable_file(args.plot, what="plot file")  # before any work
+        prepare_output(args.plot, what="plot file")  # before any work
     model = load_model(args.model, trust_pickle=args.trust_pickle).encoder
     if not isinstance(model, SpeakerModel):
         print(f"error: {args.model} has no layer aggregation to inspect", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lapsv import __version__
+from lapsv.cli import options
 from lapsv.cli.model_verbs import (
     cmd_embed,
     cmd_eval,
@@ -33,7 +34,7 @@ def _max_seconds_option(parser: argparse.ArgumentParser) -> None:
     _option(
         parser,
         "max_seconds",
-        type=float,
+        type=options.at_least(1.0),
         default=DEFAULT_MAX_SECONDS,
         help="longer recordings are embedded in windows of at most this many seconds, "
         "averaged (bounded memory)",
@@ -52,10 +53,16 @@ def _trust_pickle_option(parser: argparse.ArgumentParser) -> None:
 
 def _embedding_options(parser: argparse.ArgumentParser) -> None:
     """Options of the verbs that embed audio files with a MODEL (embed, enroll, identify)."""
-    _option(parser, "batch_size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _option(parser, "batch_size", type=options.count(1), default=16)
+    _device_option(parser)
     _max_seconds_option(parser)
     _trust_pickle_option(parser)
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", type=options.device, default="cpu", help="cpu, cuda, cuda:1, mps"
+    )
 
 
 def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lapsv {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.set_defaults(verb_parsers=verbs.choices)
     for add_verb in (
         _add_embed,
         _add_train,
@@ -93,8 +101,13 @@ def _add_embed(verbs: argparse._SubParsersAction) -> None:
     embed = verbs.add_parser("embed", help="extract speaker embeddings of audio files")
     embed.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     embed.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
-    embed.add_argument("--out", default="embeddings.npz", help="output .npz (ids, embeddings)")
-    embed.add_argument("--show", type=int, default=5, help="print the first N embeddings")
+    embed.add_argument(
+        "--out",
+        type=options.output_file(".npz"),
+        default="embeddings.npz",
+        help="output .npz (ids, embeddings)",
+    )
+    embed.add_argument("--show", type=options.count(0), default=5, help="print the first N")
     _embedding_options(embed)
     embed.set_defaults(func=cmd_embed)
 
@@ -103,9 +116,13 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     train = verbs.add_parser(
         "train", help="run a training stage from a YAML recipe (resumes if interrupted)"
     )
-    train.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
+    train.add_argument(
+        "recipe", type=options.input_file, help="YAML recipe, e.g. recipes/demo.yaml"
+    )
     _overrides(train, "the recipe (repeatable)")
-    train.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    train.add_argument(
+        "--out", type=options.output_folder, help="output folder (default: runs/<recipe name>)"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _option(
         train,
@@ -123,6 +140,7 @@ def _add_eval(verbs: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model on a trial list (EER, minDCF, DET plot, score file)"
     )
     evaluation.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
+    # trial and score files are named by their readers (after the output checks)
     evaluation.add_argument("--trials", required=True, help="VoxCeleb, Kaldi or CSV trial list")
     _option(
         evaluation,
@@ -131,13 +149,16 @@ def _add_eval(verbs: argparse._SubParsersAction) -> None:
         help="folder the trial list's paths are relative to",
     )
     evaluation.add_argument(
-        "--cohort", help="manifest of training utterances: mean subtraction, AS-norm, QMF"
+        "--cohort",
+        type=options.input_file,
+        help="manifest of training utterances: mean subtraction, AS-norm, QMF",
     )
     evaluation.add_argument("--norm", choices=["none", "asnorm"], default="none")
     evaluation.add_argument("--calibrate", choices=["none", "qmf"], default="none")
-    _option(evaluation, "top_n", type=int, default=600)
+    _option(evaluation, "top_n", type=options.count(2), default=600)
     evaluation.add_argument(
         "--out",
+        type=options.output_folder,
         default="results",
         help="results folder: scores, metrics, plots, embedding caches and the fitted scoring "
         "state (scoring.npz, qmf.json)",
@@ -149,8 +170,8 @@ def _add_eval(verbs: argparse._SubParsersAction) -> None:
         help="also attach the fitted scoring state (training mean, AS-norm cohort, QMF) to "
         "the model directory, for verify and identify; without it the model is not changed",
     )
-    _option(evaluation, "batch_size", type=int, default=16)
-    evaluation.add_argument("--device", default="cpu")
+    _option(evaluation, "batch_size", type=options.count(1), default=16)
+    _device_option(evaluation)
     _trust_pickle_option(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
@@ -160,15 +181,25 @@ def _add_score(verbs: argparse._SubParsersAction) -> None:
         "score", help="metrics of a score file, or scores from cached embeddings"
     )
     score.add_argument("--scores", help="lines 'enroll test score label'")
-    score.add_argument("--embeddings", help=".npz written by lapsv embed / eval")
+    score.add_argument(
+        "--embeddings", type=options.input_file, help=".npz written by lapsv embed / eval"
+    )
     score.add_argument("--trials", help="trial list to score with --embeddings")
-    score.add_argument("--enroll", help="Kaldi spk2utt file: enrol models from several utterances")
+    score.add_argument(
+        "--enroll",
+        type=options.input_file,
+        help="Kaldi spk2utt file: enrol models from several utterances",
+    )
     _option(
         score,
         "mean_from",
         help=".npz whose mean embedding is subtracted",
     )
-    score.add_argument("--out", help="write the scores computed from --embeddings here")
+    score.add_argument(
+        "--out",
+        type=options.output_file(),
+        help="write the scores computed from --embeddings here",
+    )
     score.add_argument("--calibrated", action="store_true", help="scores are LLRs: add Cllr")
     score.set_defaults(func=cmd_score)
 
@@ -176,12 +207,14 @@ def _add_score(verbs: argparse._SubParsersAction) -> None:
 def _add_verify(verbs: argparse._SubParsersAction) -> None:
     verify = verbs.add_parser("verify", help="are two recordings the same speaker?")
     verify.add_argument("model", help=MODEL_HELP)
-    verify.add_argument("a", help="first audio file")
-    verify.add_argument("b", help="second audio file")
+    verify.add_argument("a", type=options.input_file, help="first audio file")
+    verify.add_argument("b", type=options.input_file, help="second audio file")
     verify.add_argument(
-        "--threshold", type=float, help="decision threshold (default: LLR 0 if calibrated)"
+        "--threshold",
+        type=options.finite,
+        help="decision threshold (default: LLR 0 if calibrated)",
     )
-    verify.add_argument("--device", default="cpu")
+    _device_option(verify)
     _max_seconds_option(verify)
     _trust_pickle_option(verify)
     verify.set_defaults(func=cmd_verify)
@@ -192,7 +225,12 @@ def _add_enroll(verbs: argparse._SubParsersAction) -> None:
         "enroll", help="add a speaker's recordings to a speaker database (SQLite)"
     )
     enroll.add_argument("model", help=MODEL_HELP)
-    enroll.add_argument("--db", required=True, help="speaker database file (created if missing)")
+    enroll.add_argument(
+        "--db",
+        type=options.output_file(),
+        required=True,
+        help="speaker database file (created if missing)",
+    )
     enroll.add_argument("name", help="the speaker's name")
     enroll.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
     enroll.add_argument(
@@ -205,12 +243,14 @@ def _add_enroll(verbs: argparse._SubParsersAction) -> None:
 def _add_identify(verbs: argparse._SubParsersAction) -> None:
     identify = verbs.add_parser("identify", help="who is speaking? top-k enrolled speakers")
     identify.add_argument("model", help=MODEL_HELP)
-    identify.add_argument("--db", required=True, help="speaker database file")
+    identify.add_argument(
+        "--db", type=options.speaker_database, required=True, help="speaker database file"
+    )
     identify.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
-    _option(identify, "top_k", type=int, default=3, help="speakers listed per recording")
+    _option(identify, "top_k", type=options.count(1), default=3, help="speakers per recording")
     identify.add_argument(
         "--threshold",
-        type=float,
+        type=options.finite,
         help="below it the answer is 'unknown' (default: LLR 0 if the model is calibrated; "
         "otherwise a cosine / AS-norm threshold you choose)",
     )
@@ -220,13 +260,17 @@ def _add_identify(verbs: argparse._SubParsersAction) -> None:
 
 def _add_speakers(verbs: argparse._SubParsersAction) -> None:
     speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")
-    speakers.add_argument("--db", help="speaker database file")
+    speakers.add_argument("--db", type=options.speaker_database, help="speaker database file")
     speakers_verbs = speakers.add_subparsers(dest="speakers_verb", required=True, metavar="ACTION")
     listing = speakers_verbs.add_parser("list", help="speakers, recordings and seconds")
-    listing.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    listing.add_argument(
+        "--db", type=options.speaker_database, default=argparse.SUPPRESS, help="(or here)"
+    )
     listing.add_argument("--utterances", action="store_true", help="list each recording too")
     delete = speakers_verbs.add_parser("delete", help="remove speakers and their recordings")
-    delete.add_argument("--db", default=argparse.SUPPRESS, help="(may also come here)")
+    delete.add_argument(
+        "--db", type=options.speaker_database, default=argparse.SUPPRESS, help="(or here)"
+    )
     delete.add_argument("names", nargs="+", metavar="NAME")
     speakers.set_defaults(func=cmd_speakers)
 
@@ -237,7 +281,12 @@ def _add_export(verbs: argparse._SubParsersAction) -> None:
     )
     export.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    export.add_argument("--out", required=True, help="file: .onnx, or .pt / .ts for TorchScript")
+    export.add_argument(
+        "--out",
+        type=options.output_file(".onnx", ".pt", ".ts", ".torchscript"),
+        required=True,
+        help="file: .onnx, or .pt / .ts for TorchScript",
+    )
     _trust_pickle_option(export)
     export.set_defaults(func=cmd_export)
 
@@ -245,19 +294,23 @@ def _add_export(verbs: argparse._SubParsersAction) -> None:
 def _add_inspect(verbs: argparse._SubParsersAction) -> None:
     inspect = verbs.add_parser("inspect", help="which layers the model uses over time")
     inspect.add_argument("model", help="model directory or hub id")
-    inspect.add_argument("audio", help="an audio file")
-    inspect.add_argument("--plot", help="write a heat map PNG here")
+    inspect.add_argument("audio", type=options.input_file, help="an audio file")
+    inspect.add_argument(
+        "--plot", type=options.output_file(".png"), help="write a heat map PNG here"
+    )
     _trust_pickle_option(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
 
 def _add_demo(verbs: argparse._SubParsersAction) -> None:
     demo = verbs.add_parser("demo", help="the end-to-end demo: corpus, training, report")
-    demo.add_argument("--out", default="lapsv-demo", help="output folder")
-    _option(demo, "budget_minutes", type=float, default=20.0)
+    demo.add_argument(
+        "--out", type=options.output_folder, default="lapsv-demo", help="output folder"
+    )
+    _option(demo, "budget_minutes", type=options.at_least(0.0), default=20.0)
     demo.add_argument(
         "--seeds",
-        type=int,
+        type=options.count(1),
         default=1,
         help="train stage 1 with this many seeds (0, 1, ...) and report each system's EER "
         "spread over them; every extra seed takes 3 to 9 min (GE2E) and about 8 min "
@@ -279,21 +332,28 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
     validate = data_verbs.add_parser(
         "validate", help="check a manifest's files (headers only): every problem in one report"
     )
-    validate.add_argument("manifest", help="manifest (.tsv) to check")
-    _option(validate, "crop_seconds", type=float, help="report audio shorter than this")
+    validate.add_argument("manifest", type=options.input_file, help="manifest (.tsv) to check")
+    _option(
+        validate,
+        "crop_seconds",
+        type=options.at_least(0.0),
+        help="report audio shorter than this",
+    )
     _option(
         validate,
         "min_utterances",
-        type=int,
+        type=options.count(1),
         default=2,
         help="report speakers with fewer usable utterances",
     )
-    _option(validate, "sample_rate", type=int, default=16000, help="expected rate (0: any rate)")
+    _option(
+        validate, "sample_rate", type=options.count(0), default=16000, help="expected rate (0: any)"
+    )
     corpus = data_verbs.add_parser("demo-corpus", help="real-speech corpus from Debian packages")
-    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--out", type=options.output_folder, required=True)
     corpus.add_argument("--cache", help="folder for downloaded packages")
     noise = data_verbs.add_parser("demo-noise", help="MUSAN/RIRS_NOISES-style folders, offline")
-    noise.add_argument("--out", required=True)
+    noise.add_argument("--out", type=options.output_folder, required=True)
     _option(
         noise,
         "speech_manifest",
@@ -307,15 +367,17 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
     ]:
         prepare = data_verbs.add_parser(f"prepare-{layout}", help=f"manifests from {what}")
         prepare.add_argument("source", help=what)
-        prepare.add_argument("--out", required=True, help="where manifests and trials go")
+        prepare.add_argument(
+            "--out", type=options.output_folder, required=True, help="where manifests go"
+        )
         _option(
             prepare,
             "val_speakers",
-            type=int,
+            type=options.count(0),
             default=20,
             help="held-out training speakers",
         )
-        prepare.add_argument("--seed", type=int, default=0)
+        prepare.add_argument("--seed", type=options.count(0), default=0)
     data.set_defaults(func=cmd_data)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lapsv.cli.options import prepare_output
 from lapsv.data.prepare import prepare_corpus
 from lapsv.data.validate import validate_manifest
 from lapsv.demo import SIDES, run_demo
 from lapsv.demo.corpus import build_demo_corpus
 from lapsv.demo.noise import build_demo_noise
-from lapsv.files import check_writable_folder
 from lapsv.training import load_recipe, train
 
 
@@ -25,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    check_writable_folder(args.out, what="demo output folder")  # before any work
+    prepare_output(args.out, what="demo output folder", folder=True)  # before any work
     frontends = SIDES if args.frontend == "all" else (args.frontend,)
     result = run_demo(
         args.out,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.cli.failures import report_failures
+from lapsv.cli.options import prepare_output
 from lapsv.identification import enroll_files, identify_files
 from lapsv.inference import expand_audio_inputs
 from lapsv.speaker import load_model
@@ -30,6 +31,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not paths:
         print("error: no audio files found in the given inputs", file=sys.stderr)
         return 2
+    prepare_output(args.db, what="speaker database")  # before any work
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     with SpeakerDB(args.db, create=True) as db:
         result, failures = enroll_files(

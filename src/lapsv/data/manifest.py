@@ -86,6 +86,9 @@ def read_manifest(path: str | Path) -> Manifest:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: no such manifest") from error
+    except UnicodeDecodeError as error:
+        reason = f"{error.reason} at byte {error.start}"
+        raise ConfigError(f"{path}: not a text manifest ({reason})") from error
     root = path.parent
     utterances = []
     header_seen = False
