@@ -150,11 +150,7 @@ def _fuzz(argv: list[str], tmp_path: Path, capsys) -> None:
     assert sorted(os.listdir(tmp_path)) == before  # nothing written beside the work folder
 
 
-def test_fuzz_every_verb(tmp_path, capsys, monkeypatch):
-    """A fixed budget of random commands (LAPSV_FUZZ_EXAMPLES for more, as the audio fuzz)."""
-    monkeypatch.chdir(tmp_path)
-    examples = int(os.environ.get("LAPSV_FUZZ_EXAMPLES", "40"))
-
+def _fuzz_many(examples: int, tmp_path: Path, capsys) -> None:
     @settings(
         max_examples=examples,
         deadline=None,
@@ -166,3 +162,15 @@ def test_fuzz_every_verb(tmp_path, capsys, monkeypatch):
         _fuzz(argv, tmp_path, capsys)
 
     check()
+
+
+def test_fuzz_every_verb(tmp_path, capsys, monkeypatch):
+    """A fixed budget of random commands (LAPSV_FUZZ_EXAMPLES for more, as the audio fuzz)."""
+    monkeypatch.chdir(tmp_path)
+    _fuzz_many(int(os.environ.get("LAPSV_FUZZ_EXAMPLES", "40")), tmp_path, capsys)
+
+
+@pytest.mark.slow
+def test_fuzz_every_verb_longer(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fuzz_many(1000, tmp_path, capsys)

@@ -187,9 +187,14 @@ def _stage2(side: Side, run: _SideRun, minutes_left: float, log: Callable[[str],
         config = stage2_config(run.config, run.directory / "stage1")
         run.stage2 = train(config, stage2_dir)["lap_astp"]
     else:
+        left = (
+            f"{minutes_left:.1f} min of the time budget are left"
+            if minutes_left >= 0
+            else f"the time budget is spent ({-minutes_left:.1f} min over)"
+        )
         log(
-            f"[4/6] stage 2 on {side.name} skipped: {minutes_left:.1f} min left of the budget, "
-            f"it needs {side.stage2_minutes:.0f}"
+            f"[4/6] stage 2 on {side.name} skipped: {left} after reserving the evaluation, "
+            f"and it needs {side.stage2_minutes:.0f} min; a larger --budget_minutes runs it"
         )
 
 
