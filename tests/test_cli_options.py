@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -174,3 +175,12 @@ def test_fuzz_every_verb(tmp_path, capsys, monkeypatch):
 def test_fuzz_every_verb_longer(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _fuzz_many(1000, tmp_path, capsys)
+
+
+def test_a_file_given_twice_is_embedded_twice(tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    code, printed = run(["embed", "ge2e", A, B, A, "--out", str(out)], capsys)
+    assert code == 0 and "embedded 3 of 3 files" in printed
+    assert [Path(i).name for i in np.load(out)["ids"]] == ["speaker_a_1.flac"] * 2 + [
+        "speaker_a_2.flac"
+    ]

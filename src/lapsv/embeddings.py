@@ -87,9 +87,15 @@ class EmbeddingSet:
         return keep, pairs_e, pairs_t
 
     def in_order(self, ids: Sequence[str]) -> EmbeddingSet:
-        """The rows reordered as ``ids`` lists them (ids not here are skipped)."""
-        index = self.index()
-        rows = [index[utt] for utt in dict.fromkeys(ids) if utt in index]
+        """The rows reordered as ``ids`` lists them; rows whose id is not in ``ids`` are
+        left out, and rows sharing an id (a file given twice) stay, in their order."""
+        position: dict[str, int] = {}
+        for index, utt in enumerate(ids):
+            position.setdefault(utt, index)
+        rows = sorted(
+            (r for r, u in enumerate(self.ids) if u in position),
+            key=lambda r: position[self.ids[r]],
+        )
         return EmbeddingSet(
             [self.ids[r] for r in rows], self.embeddings[rows], self.seconds[rows], self.failures
         )

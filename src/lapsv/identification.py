@@ -176,14 +176,13 @@ def identify_files(
     )
     if not embedded.ids:
         return [], embedded.failures
-    order = {str(p): i for i, p in enumerate(paths)}
-    rows = sorted(range(len(embedded.ids)), key=lambda r: order[embedded.ids[r]])
+    embedded = embedded.in_order([str(p) for p in paths])  # answers in the inputs' order
     answers = identify_embeddings(
         db,
         model,
-        embedded.embeddings[rows],
-        embedded.seconds[rows],
-        [embedded.ids[r] for r in rows],
+        embedded.embeddings,
+        embedded.seconds,
+        embedded.ids,
         top_k=top_k,
         threshold=threshold,
     )
