@@ -37,7 +37,8 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _float(value: str) -> float:
+def finite(value: str) -> float:
+    """A finite number (thresholds)."""
     try:
         number = float(value)
     except ValueError:
@@ -47,16 +48,11 @@ def _float(value: str) -> float:
     return number
 
 
-def finite(value: str) -> float:
-    """A finite number (thresholds)."""
-    return _float(value)
-
-
 def at_least(minimum: float) -> Callable[[str], float]:
     """A finite number of at least ``minimum`` (seconds, budgets)."""
 
     def parse(value: str) -> float:
-        number = _float(value)
+        number = finite(value)
         if number < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value}")
         return number

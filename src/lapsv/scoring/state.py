@@ -55,12 +55,10 @@ class ScoringState:
         folder = Path(folder)
         if not (folder / SCORING_FILE).is_file():
             return cls()
-        with np.load(folder / SCORING_FILE, allow_pickle=False) as state:
-            mean, cohort, top_n = state["mean"], state["cohort"], int(state["top_n"])
         calibrator = None
         if (folder / QMF_FILE).is_file():
             calibrator = QMFCalibrator.load(folder / QMF_FILE)
-        return cls(mean, cohort, top_n, calibrator)
+        return cls._from_arrays(folder / SCORING_FILE, calibrator)
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Write ``scoring.npz`` (and ``qmf.json`` when calibrated) into ``folder``,
@@ -70,7 +68,7 @@ class ScoringState:
         folder = Path(folder)
         files = {"scoring": folder / SCORING_FILE}
         with atomic_path(files["scoring"]) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, mean=self.mean, cohort=self.cohort, top_n=np.array(self.top_n))
+            self._write_arrays(handle)
         if self.calibrator is not None:
             files["qmf"] = self.calibrator.save(folder / QMF_FILE)
         else:
@@ -82,7 +80,7 @@ class ScoringState:
         if self.cohort is None:
             return {}
         buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, cohort=self.cohort, top_n=np.array(self.top_n))
+        self._write_arrays(buffer)
         metadata = {"lapsv.scoring": base64.b64encode(buffer.getvalue()).decode("ascii")}
         if self.calibrator is not None:
             metadata["lapsv.qmf"] = json.dumps(self.calibrator.to_dict())
@@ -94,12 +92,20 @@ class ScoringState:
         if "lapsv.scoring" not in metadata:
             return cls()
         data = base64.b64decode(metadata["lapsv.scoring"])
-        with np.load(io.BytesIO(data), allow_pickle=False) as state:
-            mean, cohort, top_n = state["mean"], state["cohort"], int(state["top_n"])
         calibrator = None
         if "lapsv.qmf" in metadata:
             calibrator = QMFCalibrator.from_dict(json.loads(metadata["lapsv.qmf"]))
-        return cls(mean, cohort, top_n, calibrator)
+        return cls._from_arrays(io.BytesIO(data), calibrator)
+
+    def _write_arrays(self, handle: Any) -> None:
+        """The mean, cohort and top-n as one .npz (a model's scoring.npz, or metadata)."""
+        np.savez(handle, mean=self.mean, cohort=self.cohort, top_n=np.array(self.top_n))
+
+    @classmethod
+    def _from_arrays(cls, source: Any, calibrator: QMFCalibrator | None) -> ScoringState:
+        """Inverse of :meth:`_write_arrays` (a path or a file object), no pickles."""
+        with np.load(source, allow_pickle=False) as state:
+            return cls(state["mean"], state["cohort"], int(state["top_n"]), calibrator)
 
 
 @dataclasses.dataclass(frozen=True)
