@@ -13,11 +13,11 @@ import torch
 
 from lapsv.audio import load_audio
 from lapsv.cli.failures import report_failures
-from lapsv.cli.options import prepare_output
+from lapsv.cli.options import audio_inputs, prepare_output
 from lapsv.config import dump_yaml, to_dict
 from lapsv.embeddings import EmbeddingSet
 from lapsv.export import export_model
-from lapsv.inference import expand_audio_inputs, extract_embeddings
+from lapsv.inference import extract_embeddings
 from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
 from lapsv.model import SpeakerModel
 from lapsv.scoring.evaluate import evaluate, format_metrics, score_embeddings
@@ -27,10 +27,7 @@ from lapsv.speaker import load_model
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    items = expand_audio_inputs(args.audio)
-    if not items:
-        print("error: no audio files found in the given inputs", file=sys.stderr)
-        return 2
+    items = audio_inputs(args.audio)
     prepare_output(args.out, what="embeddings file")  # before any work
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     result = extract_embeddings(

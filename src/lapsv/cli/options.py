@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from lapsv.errors import ConfigError
 from lapsv.files import check_writable_file, check_writable_folder
+from lapsv.inference import expand_audio_inputs
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -155,3 +157,12 @@ def prepare_output(path: str | Path, *, what: str, folder: bool = False) -> Path
     if missing:
         print(f"created folder {missing[0]}", file=sys.stderr)
     return path
+
+
+def audio_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """The (id, path) audio files named by ``inputs`` (files, folders, lists), in order;
+    finding none is an error (a verb with nothing to do writes nothing)."""
+    items = expand_audio_inputs(inputs)
+    if not items:
+        raise ConfigError("no audio files found in the given inputs")
+    return items

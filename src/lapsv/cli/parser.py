@@ -140,8 +140,12 @@ def _add_eval(verbs: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model on a trial list (EER, minDCF, DET plot, score file)"
     )
     evaluation.add_argument("model", help="model directory, hub id, or built-in name (ge2e)")
-    # trial and score files are named by their readers (after the output checks)
-    evaluation.add_argument("--trials", required=True, help="VoxCeleb, Kaldi or CSV trial list")
+    evaluation.add_argument(
+        "--trials",
+        required=True,
+        type=options.input_file,
+        help="VoxCeleb, Kaldi or CSV trial list",
+    )
     _option(
         evaluation,
         "audio_root",
@@ -180,11 +184,13 @@ def _add_score(verbs: argparse._SubParsersAction) -> None:
     score = verbs.add_parser(
         "score", help="metrics of a score file, or scores from cached embeddings"
     )
-    score.add_argument("--scores", help="lines 'enroll test score label'")
+    score.add_argument("--scores", type=options.input_file, help="lines 'enroll test score label'")
     score.add_argument(
         "--embeddings", type=options.input_file, help=".npz written by lapsv embed / eval"
     )
-    score.add_argument("--trials", help="trial list to score with --embeddings")
+    score.add_argument(
+        "--trials", type=options.input_file, help="trial list to score with --embeddings"
+    )
     score.add_argument(
         "--enroll",
         type=options.input_file,
@@ -193,6 +199,7 @@ def _add_score(verbs: argparse._SubParsersAction) -> None:
     _option(
         score,
         "mean_from",
+        type=options.input_file,
         help=".npz whose mean embedding is subtracted",
     )
     score.add_argument(

@@ -8,15 +8,14 @@ from pathlib import Path
 
 from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.cli.failures import report_failures
-from lapsv.cli.options import prepare_output
+from lapsv.cli.options import audio_inputs, prepare_output
 from lapsv.identification import enroll_files, identify_files
-from lapsv.inference import expand_audio_inputs
 from lapsv.speaker import load_model
 from lapsv.speakers import SpeakerDB
 
 
 def _audio_paths(inputs: list[str]) -> list[str]:
-    return [path for _, path in expand_audio_inputs(inputs)]
+    return [path for _, path in audio_inputs(inputs)]
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -28,9 +27,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         )
         return 2
     paths = _audio_paths(args.audio)
-    if not paths:
-        print("error: no audio files found in the given inputs", file=sys.stderr)
-        return 2
     prepare_output(args.db, what="speaker database")  # before any work
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     with SpeakerDB(args.db, create=True) as db:
@@ -73,9 +69,6 @@ def _format_candidate(rank: int, candidate, score_name: str) -> str:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     paths = _audio_paths(args.audio)
-    if not paths:
-        print("error: no audio files found in the given inputs", file=sys.stderr)
-        return 2
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     with SpeakerDB(args.db) as db:
         answers, failures = identify_files(

@@ -126,14 +126,14 @@ def evaluate(
             else "save_scoring (--save-scoring) needs a cohort manifest (--cohort)"
         )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    trial_list = read_trials(trials)
+    trial_list = read_trials(trials)  # the inputs are read before anything is written
+    manifest = None if cohort is None else read_manifest(cohort)
     speaker = load_model(model, device=device, trust_pickle=trust_pickle)
+    out.mkdir(parents=True, exist_ok=True)
     embed = {"batch_size": batch_size, "progress": progress}
     test_set, new_count = _embed_trials(speaker, trial_list, trials, Path(audio_root), out, embed)
     cohort_set, cohort_speakers = None, None
-    if cohort is not None:
-        manifest = read_manifest(cohort)
+    if manifest is not None:
         cohort_items = [(u.utt, manifest.audio_path(u)) for u in manifest]
         cohort_path = out / "cohort_embeddings.npz"
         cohort_set, cohort_new = cached_embeddings(speaker, cohort_items, cohort_path, **embed)
@@ -151,12 +151,11 @@ def evaluate(
         top_n=top_n,
         calibration_pairs=calibration_pairs,
         title=title or Path(str(model)).name,
+        context={"model": str(model), "trials": str(trials)},
     )
     if save_scoring:
         saved = result.state.save(model)
         result.files.update({f"model_{kind}": path for kind, path in saved.items()})
-    result.metrics.update({"model": str(model), "trials": str(trials)})
-    atomic_write_text(result.files["metrics"], json.dumps(result.metrics, indent=1))
     result.newly_embedded = new_count
     return result
 
@@ -195,11 +194,13 @@ def score_trials(
     top_n: int = 600,
     calibration_pairs: int = 30_000,
     title: str = "system",
+    context: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Score trials from embeddings already computed (through
     :func:`~lapsv.scoring.state.score_pairs`) and write results into ``out``; see
     :func:`evaluate`. ``cohort_set`` / ``cohort_speakers``: training utterances for mean
-    subtraction, AS-norm and QMF; the fitted state is in the result and in ``out``."""
+    subtraction, AS-norm and QMF; the fitted state is in the result and in ``out``.
+    ``context``: more entries of ``metrics.json`` (what was evaluated)."""
     _check_options(norm, calibrate, has_cohort=cohort_set is not None)
     out.mkdir(parents=True, exist_ok=True)
     keep, pairs_e, pairs_t = test_set.trial_rows(trial_list.enroll, trial_list.test)
@@ -236,6 +237,7 @@ def score_trials(
             "calibrate": calibrate,
             "mean_subtraction": state.mean is not None,
             "n_trials_skipped": int((~keep).sum()),
+            **(context or {}),
         }
     )
     atomic_write_text(files["metrics"], json.dumps(metrics, indent=1))
