@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# PyTorch first (see TORCH_INDEX), so no dependency pulls another build of it
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
+	# lapsv with every extra (ONNX export, faiss speaker index, the HTTP service) and the test tools
 	$(BIN)/pip install -q -e ".[dev]"
 	# GE2E weights for the offline default frontend (weights only: its deps are optional)
 	$(BIN)/pip install -q --no-deps "resemblyzer==0.1.4"

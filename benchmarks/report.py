@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.scale_report import render_scale
+
 # Frontend rates measured in issue 7 on one H100 (bf16, batch 128 x 2 s): what a GPU
 # consumes in stage 1, used for the worker count when no GPU was measured.
 ISSUE_H100_FRONTEND_UTT_S = {"base_plus": 3220.0, "large": 1650.0}
@@ -571,4 +573,5 @@ def render(results_dir: Path) -> str:
     ]
     if not any(d["device"] == "cuda" for d in runs):
         header.append("\n**GPU: not measured** (no GPU was available for these runs).")
-    return "\n\n".join(header + [render_section(d) for d in runs]) + "\n"
+    scale = render_scale(results_dir)  # issue 16: identification and extraction at scale
+    return "\n\n".join(header + [render_section(d) for d in runs] + scale) + "\n"

@@ -40,11 +40,11 @@ def unwritable(tmp_path) -> Path:
             ("lapsv.cli.model_verbs", "load_model"),
         ),
         (
-            ["eval", "ge2e", "--trials", "t.txt", "--audio-root", ".", "--out", "{out}"],
+            ["eval", "ge2e", "--trials", "{trials}", "--audio-root", ".", "--out", "{out}"],
             ("lapsv.cli.model_verbs", "evaluate"),
         ),
         (
-            ["score", "--scores", "s.txt", "--out", "{out}/scores.txt"],
+            ["score", "--scores", "{trials}", "--out", "{out}/scores.txt"],
             ("lapsv.cli.model_verbs", "read_scores"),
         ),
         (["demo", "--out", "{out}"], ("lapsv.cli.project_verbs", "run_demo")),
@@ -57,8 +57,10 @@ def test_unwritable_output_fails_before_any_work(
 ):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"data: {{train_manifest: {tmp_path / 'train.tsv'}}}\n")
+    trials = tmp_path / "trials.txt"  # inputs exist: the output is what is wrong
+    trials.write_text("1 a.wav b.wav 0.5\n")
     forbid(monkeypatch, *work)
-    args = [a.format(out=unwritable, recipe=recipe) for a in argv]
+    args = [a.format(out=unwritable, recipe=recipe, trials=trials) for a in argv]
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "not writable" in error and str(unwritable) in error

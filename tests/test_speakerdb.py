@@ -194,9 +194,9 @@ def test_concurrent_enroll_processes_lose_no_speaker(tmp_path):
 
 def _killed_mid_write(path: str, name: str, replace: bool) -> None:
     """Enrol ``name`` and SIGKILL this process after its 2nd utterance row is written."""
-    import lapsv.speakers as speakerdb
+    import lapsv.speakers.writes as speakerdb
 
-    store, written = speakerdb._store_utterance, []
+    store, written = speakerdb.store_utterance, []
 
     def store_then_die(*args):
         store(*args)
@@ -204,7 +204,7 @@ def _killed_mid_write(path: str, name: str, replace: bool) -> None:
         if len(written) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    speakerdb._store_utterance = store_then_die
+    speakerdb.store_utterance = store_then_die
     with SpeakerDB(path) as db:
         db.enroll(
             name, [utt(f"{name}-new{j}", 500 + j) for j in range(4)], model_id="m1", replace=replace

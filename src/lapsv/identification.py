@@ -1,24 +1,39 @@
 """Enrol and identify recordings with a :class:`~lapsv.speaker.Speaker` and a speaker database.
 
-Identification scores a recording against every enrolled speaker's model with
-:func:`~lapsv.scoring.state.score_pairs`, the path ``lapsv verify`` uses: cosine (training
-mean subtracted when the model has one), AS-norm and the QMF LLR when the model has a
-cohort and calibration.
+Identification searches the enrolled speakers' models by cosine
+(:class:`~lapsv.speakers.index.SpeakerIndex`: exact up to 200,000 speakers, HNSW above),
+then scores the best candidates with :func:`~lapsv.scoring.state.score_pairs`, the path
+``lapsv verify`` uses: cosine (training mean subtracted when the model has one), AS-norm
+(with each speaker's cohort statistics, stored at enrolment) and the QMF LLR when the
+model has a cohort and calibration. With a cohort, the ``SHORTLIST`` best candidates by
+cosine are rescored, so a speaker ranked below them by cosine cannot win by AS-norm.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lapsv.embeddings import EmbeddingSet
 from lapsv.inference import DEFAULT_MAX_SECONDS, extract_embeddings
-from lapsv.scoring.state import resolve_threshold, score_pairs
+from lapsv.scoring.norm import cohort_statistics
+from lapsv.scoring.state import Scores, Verification, resolve_threshold, score_pairs
 from lapsv.speaker import Speaker
-from lapsv.speakers import EnrollResult, SpeakerDB, SpeakerDBError, Utterance, content_key
+from lapsv.speakers import (
+    CohortStatistics,
+    EnrollResult,
+    SpeakerDB,
+    SpeakerDBError,
+    SpeakerModels,
+    Utterance,
+    content_key,
+)
+from lapsv.speakers.index import SpeakerIndex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +58,23 @@ class Identification:
     answer: str | None
 
 
+SHORTLIST = 100  # candidates rescored with AS-norm / QMF per query (cosine top-k alone without)
+
+
+def cohort_statistics_of(model: Speaker) -> CohortStatistics | None:
+    """How enrolment stores AS-norm statistics for ``model``'s scoring state (None without
+    a cohort)."""
+    state = model.scoring
+    if state.cohort is None:
+        return None
+    return CohortStatistics(
+        state.key,
+        lambda vectors: cohort_statistics(
+            vectors, state.cohort, top_n=state.top_n, mean=state.mean
+        ),
+    )
+
+
 def identify_embeddings(
     db: SpeakerDB,
     model: Speaker,
@@ -52,54 +84,54 @@ def identify_embeddings(
     *,
     top_k: int = 5,
     threshold: float | None = None,
+    index: SpeakerIndex | None = None,
+    shortlist: int = SHORTLIST,
 ) -> list[Identification]:
     """Rank the enrolled speakers for each (E,) row of ``embeddings`` (raw, of ``model``).
 
-    Scores are those of ``lapsv verify`` against each speaker's model: cosine (training mean
-    subtracted when the model has one), AS-norm and the QMF LLR when the model has a cohort
-    and calibration. The ranking and the decision use the last of these that exists; the
-    threshold is ``threshold``, else LLR 0 for a calibrated model, else none (then no
-    "unknown" answer is possible and ``answer`` is None).
+    The index (:class:`~lapsv.speakers.index.SpeakerIndex`; pass one to reuse it across
+    calls) finds each query's best speakers by cosine: the ``top_k``, or the ``shortlist``
+    best when the model has a cohort. Those are scored as ``lapsv verify`` scores (cosine
+    with the training mean subtracted, AS-norm with the speakers' stored cohort statistics,
+    the QMF LLR when calibrated) and ranked by the last of these that exists. The threshold
+    is ``threshold``, else LLR 0 for a calibrated model, else none (then no "unknown"
+    answer is possible and ``answer`` is None).
     """
     db.check_model(model.model_id)
     if top_k < 1:
         raise SpeakerDBError(f"top_k must be at least 1, got {top_k}")
-    speakers = db.models()
     state = model.scoring
-    n_speakers, n_tests = len(speakers.names), len(embeddings)
-    pairs_e = np.tile(np.arange(n_speakers), n_tests)
-    pairs_t = np.repeat(np.arange(n_tests), n_speakers)
+    embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+    if index is None:
+        index = SpeakerIndex(db, mean=state.mean)
+    if len(index) == 0:
+        raise SpeakerDBError(f"{db.path}: no speaker enrolled yet")
+    wanted = top_k if state.cohort is None else max(top_k, shortlist)
+    found, _ = index.search(embeddings, wanted)
+    speakers = db.models(np.unique(found[found >= 0]))
+    row_of = {int(speaker): row for row, speaker in enumerate(speakers.ids)}
+    pairs_t, pairs_e = zip(
+        *((t, row_of[s]) for t, row in enumerate(found.tolist()) for s in row if s in row_of),
+        strict=True,
+    )
+    pairs_e, pairs_t = np.array(pairs_e), np.array(pairs_t)
     scores = score_pairs(
         state,
         speakers.vectors,
-        np.asarray(embeddings, dtype=np.float32),
+        embeddings,
         pairs_e,
         pairs_t,
         enroll_seconds=speakers.seconds,
         test_seconds=np.asarray(seconds, dtype=np.float64),
         enroll_raw=speakers.raw,
+        enroll_stats=None if state.cohort is None else _cohort_stats(speakers, model),
     )
     limit, source_of_limit = resolve_threshold(state, threshold)
-
-    def grid(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else np.asarray(values).reshape(n_tests, n_speakers)
-
-    decision, cosine, asnorm, llr = map(
-        grid, (scores.decision, scores.cosine, scores.asnorm, scores.llr)
-    )
     results = []
-    for test in range(n_tests):
-        order = np.argsort(-decision[test], kind="stable")[:top_k]
-        candidates = tuple(
-            Candidate(
-                speakers.names[s],
-                float(decision[test, s]),
-                float(cosine[test, s]),
-                None if asnorm is None else float(asnorm[test, s]),
-                None if llr is None else float(llr[test, s]),
-            )
-            for s in order
-        )
+    for test in range(len(embeddings)):
+        mine = np.flatnonzero(pairs_t == test)
+        order = mine[np.argsort(-scores.decision[mine], kind="stable")][:top_k]
+        candidates = tuple(_candidate(speakers.names[pairs_e[i]], scores, i) for i in order)
         answer = None
         if limit is not None:
             answer = candidates[0].name if candidates[0].score >= limit else "unknown"
@@ -109,6 +141,68 @@ def identify_embeddings(
             )
         )
     return results
+
+
+def verify_enrolled(
+    db: SpeakerDB,
+    model: Speaker,
+    embedding: np.ndarray,
+    seconds: float,
+    name: str,
+    *,
+    threshold: float | None = None,
+) -> Verification | None:
+    """A raw (E,) embedding of a recording lasting ``seconds`` against enrolled speaker
+    ``name``: the scores and decision :func:`identify_embeddings` gives that speaker, from
+    its model alone (None when ``name`` is not enrolled)."""
+    db.check_model(model.model_id)
+    speaker_id = db.speaker_id(name)
+    speakers = db.models([] if speaker_id is None else [speaker_id])
+    if not speakers.names:
+        return None
+    state = model.scoring
+    scores = score_pairs(
+        state,
+        speakers.vectors,
+        np.asarray(embedding, dtype=np.float32)[None],
+        np.array([0]),
+        np.array([0]),
+        enroll_seconds=speakers.seconds,
+        test_seconds=np.array([seconds], dtype=np.float64),
+        enroll_raw=speakers.raw,
+        enroll_stats=None if state.cohort is None else _cohort_stats(speakers, model),
+    )
+    limit, source = resolve_threshold(state, threshold)
+    decision = float(scores.decision[0])
+    return Verification(
+        float(scores.cosine[0]),
+        None if scores.asnorm is None else float(scores.asnorm[0]),
+        None if scores.llr is None else float(scores.llr[0]),
+        limit,
+        source,
+        None if limit is None else decision >= limit,
+    )
+
+
+def _cohort_stats(speakers: SpeakerModels, model: Speaker) -> tuple[np.ndarray, np.ndarray]:
+    """The speakers' AS-norm statistics for the model's scoring state: the stored ones
+    where enrolment computed them for this state, computed now for the others."""
+    state = model.scoring
+    mu, sd = speakers.stats.copy()
+    missing = np.array([key != state.key for key in speakers.stats_key], dtype=bool)
+    if missing.any():
+        mu[missing], sd[missing] = cohort_statistics_of(model).compute(speakers.vectors[missing])
+    return mu, sd
+
+
+def _candidate(name: str, scores: Scores, i: int) -> Candidate:
+    return Candidate(
+        name,
+        float(scores.decision[i]),
+        float(scores.cosine[i]),
+        None if scores.asnorm is None else float(scores.asnorm[i]),
+        None if scores.llr is None else float(scores.llr[i]),
+    )
 
 
 def enroll_files(
@@ -147,7 +241,12 @@ def enroll_files(
     if not utterances:
         return None, embedded.failures
     result = db.enroll(
-        name, utterances, model_id=model.model_id, model_name=model_name, replace=replace
+        name,
+        utterances,
+        model_id=model.model_id,
+        model_name=model_name,
+        replace=replace,
+        stats=cohort_statistics_of(model),
     )
     return result, embedded.failures
 
@@ -187,3 +286,57 @@ def identify_files(
         threshold=threshold,
     )
     return answers, embedded.failures
+
+
+def import_embeddings(
+    db: SpeakerDB,
+    embeddings: EmbeddingSet,
+    model_id: str,
+    *,
+    speakers: Mapping[str, Sequence[str]] | None = None,
+    model: Speaker | None = None,
+    model_name: str = "",
+) -> tuple[int, int]:
+    """Enrol many speakers from stored embeddings (``lapsv embed``'s .npz) in one
+    transaction; returns (new speakers, updated speakers).
+
+    ``speakers``: name -> its utterance ids (a Kaldi ``spk2utt`` map); without it each
+    embedding is a speaker named by its id. ``model_id``: the model the embeddings are of;
+    a database of another model refuses them. ``model``: that model, to check the id and
+    store each speaker's AS-norm cohort statistics for its scoring state.
+    """
+    if not model_id:
+        raise SpeakerDBError(
+            "the embeddings file names no model (written by an old lapsv?): re-run lapsv embed"
+        )
+    if model is not None and model.model_id != model_id:
+        raise SpeakerDBError(
+            f"the embeddings are of model {model_id}, not of the given model {model.model_id}"
+        )
+    speakers = speakers or {utt: (utt,) for utt in embeddings.ids}
+    known = embeddings.index()
+    missing = [utt for utts in speakers.values() for utt in utts if utt not in known]
+    if missing:
+        raise SpeakerDBError(
+            f"{len(missing)} utterance(s) of the speaker map have no embedding in the file, "
+            f"e.g. {missing[:3]}"
+        )
+    rows = embeddings.rows([utt for name in speakers for utt in speakers[name]])
+    groups, start = {}, 0
+    for name, utts in speakers.items():
+        groups[name] = [
+            Utterance(
+                hashlib.sha256(embeddings.ids[row].encode()).hexdigest(),
+                embeddings.ids[row],
+                float(embeddings.seconds[row]),
+                embeddings.embeddings[row],
+            )
+            for row in rows[start : start + len(utts)]
+        ]
+        start += len(utts)
+    return db.import_speakers(
+        groups,
+        model_id=model_id,
+        model_name=model_name,
+        stats=None if model is None else cohort_statistics_of(model),
+    )

@@ -15,9 +15,9 @@ from lapsv.audio import load_audio
 from lapsv.cli.failures import report_failures
 from lapsv.cli.options import audio_inputs, prepare_output
 from lapsv.config import dump_yaml, to_dict
+from lapsv.distributed import current_processes, extract_sharded
 from lapsv.embeddings import EmbeddingSet
 from lapsv.export import export_model
-from lapsv.inference import extract_embeddings
 from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
 from lapsv.model import SpeakerModel
 from lapsv.scoring.evaluate import evaluate, format_metrics, score_embeddings
@@ -28,17 +28,34 @@ from lapsv.speaker import load_model
 
 def cmd_embed(args: argparse.Namespace) -> int:
     items = audio_inputs(args.audio)
-    prepare_output(args.out, what="embeddings file")  # before any work
-    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
-    result = extract_embeddings(
+    processes = current_processes(args.device)  # one process, or one of accelerate launch's
+    if processes.is_main:
+        prepare_output(args.out, what="embeddings file")  # before any work
+    model = load_model(args.model, device=processes.device, trust_pickle=args.trust_pickle)
+    out = Path(args.out)
+    extraction = extract_sharded(
         model,
         items,
+        out,
+        model_id=model.model_id,
         batch_size=args.batch_size,
-        device=args.device,
+        device=processes.device,
         progress=len(items) >= 20,
         max_seconds=args.max_seconds,
+        processes=processes,
     )
+    result = extraction.embeddings
+    if result is None:  # another process of the job: the main one writes and reports
+        return 0
+    if extraction.reused_chunks:
+        print(
+            f"resumed: {extraction.reused} files done in {extraction.reused_chunks} of "
+            f"{extraction.chunks} chunk parts of an earlier run (in {extraction.work}), "
+            f"{extraction.newly_embedded} embedded now",
+            file=sys.stderr,
+        )
     if not result.ids:
+        extraction.finish()  # a rerun tries every file again
         print(
             f"error: none of the {len(items)} files could be embedded: nothing written",
             file=sys.stderr,
@@ -46,8 +63,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         report_failures(result.failures)
         return 1
     result = result.in_order([utt for utt, _ in items])  # the inputs' order, not the batches'
-    out = Path(args.out)
     result.save(out, model_id=model.model_id)
+    extraction.finish()
     print(
         f"embedded {len(result.ids)} of {len(items)} files ({result.seconds.sum():.1f} s of "
         f"audio) with {args.model}: {model.embed_dim}-d embeddings -> {out}"
@@ -59,7 +76,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    prepare_output(args.out, what="results folder", folder=True)  # before any work
+    processes = current_processes(args.device)  # one process, or one of accelerate launch's
+    if processes.is_main:
+        prepare_output(args.out, what="results folder", folder=True)  # before any work
+    processes.barrier()  # the other processes start once the results folder is checked
     result = evaluate(
         args.model,
         args.trials,
@@ -70,11 +90,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         top_n=args.top_n,
         batch_size=args.batch_size,
-        device=args.device,
+        device=processes.device,
         save_scoring=args.save_scoring,
         progress=True,
         trust_pickle=args.trust_pickle,
     )
+    if result is None:  # another process of the job: it helped embed; the main one scores
+        return 0
     reuse = (
         "reused cached embeddings"
         if result.newly_embedded == 0

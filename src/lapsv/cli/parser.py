@@ -17,6 +17,7 @@ from lapsv.cli.model_verbs import (
     cmd_verify,
 )
 from lapsv.cli.project_verbs import cmd_data, cmd_demo, cmd_train
+from lapsv.cli.serve_verbs import add_serve_parser
 from lapsv.cli.speaker_verbs import cmd_enroll, cmd_identify, cmd_speakers
 from lapsv.inference import DEFAULT_MAX_SECONDS
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_data,
         _add_info,
+        add_serve_parser,
     ):
         add_verb(verbs)
     return parser
@@ -266,7 +268,7 @@ def _add_identify(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_speakers(verbs: argparse._SubParsersAction) -> None:
-    speakers = verbs.add_parser("speakers", help="list or delete speakers of a database")
+    speakers = verbs.add_parser("speakers", help="list, delete or import speakers of a database")
     speakers.add_argument("--db", type=options.speaker_database, help="speaker database file")
     speakers_verbs = speakers.add_subparsers(dest="speakers_verb", required=True, metavar="ACTION")
     listing = speakers_verbs.add_parser("list", help="speakers, recordings and seconds")
@@ -279,6 +281,25 @@ def _add_speakers(verbs: argparse._SubParsersAction) -> None:
         "--db", type=options.speaker_database, default=argparse.SUPPRESS, help="(or here)"
     )
     delete.add_argument("names", nargs="+", metavar="NAME")
+    bulk = speakers_verbs.add_parser(
+        "import", help="enrol many speakers at once from an embeddings file (lapsv embed)"
+    )
+    bulk.add_argument(
+        "--db", type=options.speaker_database, default=argparse.SUPPRESS, help="(or here)"
+    )
+    bulk.add_argument("embeddings", type=options.input_file, help=".npz written by lapsv embed")
+    bulk.add_argument(
+        "--spk2utt",
+        type=options.input_file,
+        help="Kaldi spk2utt file 'NAME utt1 utt2 ...' (default: each embedding is a speaker "
+        "named by its id)",
+    )
+    bulk.add_argument(
+        "--model",
+        help="the model of the embeddings: checks its id and stores each speaker's AS-norm "
+        "cohort statistics (faster identify)",
+    )
+    _trust_pickle_option(bulk)
     speakers.set_defaults(func=cmd_speakers)
 
 

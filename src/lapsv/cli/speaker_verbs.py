@@ -9,7 +9,9 @@ from pathlib import Path
 from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.cli.failures import report_failures
 from lapsv.cli.options import audio_inputs, prepare_output
-from lapsv.identification import enroll_files, identify_files
+from lapsv.embeddings import EmbeddingSet
+from lapsv.identification import enroll_files, identify_files, import_embeddings
+from lapsv.scoring.trials import read_enrollment_map
 from lapsv.speaker import load_model
 from lapsv.speakers import SpeakerDB
 
@@ -111,6 +113,8 @@ def cmd_speakers(args: argparse.Namespace) -> int:
     if not args.db:
         print("error: give the database: lapsv speakers --db SPEAKERS.db ACTION", file=sys.stderr)
         return 2
+    if args.speakers_verb == "import":
+        return _import_speakers(args)
     with SpeakerDB(args.db) as db:
         if args.speakers_verb == "delete":
             unknown = sorted(set(args.names) - {s.name for s in db.speakers()})
@@ -137,4 +141,28 @@ def cmd_speakers(args: argparse.Namespace) -> int:
             if args.utterances:
                 for utterance in sorted(db.utterances(speaker.name), key=lambda u: u.source):
                     print(f"      {utterance.seconds:6.1f} s  {utterance.source}")
+    return 0
+
+
+def _import_speakers(args: argparse.Namespace) -> int:
+    embeddings, model_id = EmbeddingSet.load(args.embeddings)
+    speakers = None if args.spk2utt is None else read_enrollment_map(args.spk2utt)
+    model = None
+    if args.model is not None:
+        model = load_model(args.model, trust_pickle=args.trust_pickle)
+    prepare_output(args.db, what="speaker database")
+    with SpeakerDB(args.db, create=True) as db:
+        new, updated = import_embeddings(
+            db,
+            embeddings,
+            model_id,
+            speakers=speakers,
+            model=model,
+            model_name=str(args.model or args.embeddings),
+        )
+        total = len(db.speakers())
+    print(
+        f"imported {new + updated} speaker(s) from {args.embeddings} into {args.db}: {new} new, "
+        f"{updated} updated; {total} in total [model {model_id}]"
+    )
     return 0

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from lapsv.data.manifest import read_manifest
+from lapsv.data.manifest import Manifest, read_manifest
+from lapsv.distributed import current_processes, extract_sharded
 from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import ConfigError, ScoringError
 from lapsv.files import atomic_write_text
-from lapsv.inference import extract_embeddings
 from lapsv.scoring.metrics import compute_metrics
 from lapsv.scoring.norm import embedding_mean, enroll_models
 from lapsv.scoring.plots import plot_det, plot_score_histogram
@@ -39,13 +39,17 @@ def cached_embeddings(
     *,
     batch_size: int = 16,
     progress: bool = False,
-) -> tuple[EmbeddingSet, int]:
+) -> tuple[EmbeddingSet | None, int]:
     """Embeddings of ``items``, reusing ``cache`` (an .npz) when it holds them.
 
     The cache is keyed by :attr:`~lapsv.speaker.Speaker.model_id` (the content hash of the
     weights): another model, or changed weights, start it afresh. Returns the set (in
-    cache order) and how many utterances were newly embedded.
+    cache order) and how many utterances were newly embedded. The missing ones are
+    embedded by :func:`~lapsv.distributed.extract_sharded`: shared by the processes of an
+    ``accelerate launch`` job, in chunk parts that a rerun of a killed job reuses; the
+    other processes of such a job get ``(None, 0)`` (the main one writes the cache).
     """
+    processes = current_processes(model.device)
     known = EmbeddingSet.empty()
     if cache.is_file():
         stored, stored_id = EmbeddingSet.load(cache)
@@ -54,13 +58,23 @@ def cached_embeddings(
     have = set(known.ids)
     missing = [(utt, path) for utt, path in items if utt not in have]
     if not missing:
-        return known, 0
-    new = extract_embeddings(
-        model, missing, batch_size=batch_size, device=model.device, progress=progress
+        return (known, 0) if processes.is_main else (None, 0)
+    extraction = extract_sharded(
+        model,
+        missing,
+        cache,
+        model_id=model.model_id,
+        batch_size=batch_size,
+        device=model.device,
+        progress=progress,
+        processes=processes,
     )
-    merged = known.merged(new)
+    if extraction.embeddings is None:
+        return None, 0
+    merged = known.merged(extraction.embeddings)
     merged.save(cache, model_id=model.model_id)
-    return merged, len(new.ids)
+    extraction.finish()
+    return merged, extraction.newly_embedded
 
 
 @dataclasses.dataclass
@@ -96,7 +110,7 @@ def evaluate(
     progress: bool = False,
     title: str | None = None,
     trust_pickle: bool = False,
-) -> EvaluationResult:
+) -> EvaluationResult | None:
     """Score a trial list with a model and write results into ``out``.
 
     Args:
@@ -115,7 +129,9 @@ def evaluate(
     Writes ``scores.txt``, ``metrics.json``, ``det.png``, ``scores_hist.png``, the scoring
     state (with a cohort: ``scoring.npz``, and ``qmf.json`` when calibrated) and the
     embedding caches ``embeddings.npz`` / ``cohort_embeddings.npz``: a second run with the
-    same model reuses them without embedding again.
+    same model reuses them without embedding again. Under ``accelerate launch`` every
+    process embeds its share (:func:`cached_embeddings`); the main one scores and writes,
+    and the others return None.
     """
     _check_options(norm, calibrate, has_cohort=cohort is not None)
     if save_scoring and not (cohort is not None and Path(model).is_dir()):
@@ -132,14 +148,9 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     embed = {"batch_size": batch_size, "progress": progress}
     test_set, new_count = _embed_trials(speaker, trial_list, trials, Path(audio_root), out, embed)
-    cohort_set, cohort_speakers = None, None
-    if manifest is not None:
-        cohort_items = [(u.utt, manifest.audio_path(u)) for u in manifest]
-        cohort_path = out / "cohort_embeddings.npz"
-        cohort_set, cohort_new = cached_embeddings(speaker, cohort_items, cohort_path, **embed)
-        new_count += cohort_new
-        speaker_of = {u.utt: u.speaker for u in manifest}
-        cohort_speakers = [speaker_of[u] for u in cohort_set.ids]
+    cohort_set, cohort_speakers, cohort_new = _embed_cohort(speaker, manifest, out, embed)
+    if test_set is None:  # another process of an accelerate launch job: it helped embed
+        return None
     result = score_trials(
         test_set,
         trial_list,
@@ -156,7 +167,7 @@ def evaluate(
     if save_scoring:
         saved = result.state.save(model)
         result.files.update({f"model_{kind}": path for kind, path in saved.items()})
-    result.newly_embedded = new_count
+    result.newly_embedded = new_count + cohort_new
     return result
 
 
@@ -167,12 +178,13 @@ def _embed_trials(
     audio_root: Path,
     out: Path,
     embed: dict[str, Any],
-) -> tuple[EmbeddingSet, int]:
-    """The trials' utterances, embedded (or read from the cache); an error when none is."""
+) -> tuple[EmbeddingSet | None, int]:
+    """The trials' utterances, embedded (or read from the cache); an error when none is;
+    None on the other processes of a distributed job."""
     utterances = sorted(set(trial_list.enroll) | set(trial_list.test))
     items = [(u, audio_root / u) for u in utterances]
     test_set, new_count = cached_embeddings(speaker, items, out / "embeddings.npz", **embed)
-    if not test_set.ids and test_set.failures:
+    if test_set is not None and not test_set.ids and test_set.failures:
         utt, reason = test_set.failures[0]
         raise ScoringError(
             f"none of the {len(utterances)} audio files of {trials} could be embedded "
@@ -180,6 +192,23 @@ def _embed_trials(
             f"--audio_root {audio_root}?"
         )
     return test_set, new_count
+
+
+def _embed_cohort(
+    speaker: Speaker, manifest: Manifest | None, out: Path, embed: dict[str, Any]
+) -> tuple[EmbeddingSet | None, list[str] | None, int]:
+    """The cohort's embeddings (or the cache's), their speakers and how many were newly
+    embedded; (None, None, 0) without a cohort or on the other processes of a job."""
+    if manifest is None:
+        return None, None, 0
+    items = [(u.utt, manifest.audio_path(u)) for u in manifest]
+    cohort_set, new_count = cached_embeddings(
+        speaker, items, out / "cohort_embeddings.npz", **embed
+    )
+    if cohort_set is None:
+        return None, None, 0
+    speaker_of = {u.utt: u.speaker for u in manifest}
+    return cohort_set, [speaker_of[u] for u in cohort_set.ids], new_count
 
 
 def score_trials(

@@ -26,6 +26,7 @@ __all__ = [
     "as_norm",
     "average_models",
     "center_and_normalize",
+    "cohort_statistics",
     "cosine_scores",
     "embedding_mean",
     "enroll_models",
@@ -282,6 +283,29 @@ def _check_as_norm_shapes(
             raise ScoringError(f"vector dim {vectors.shape[1]} != cohort dim {cohort.shape[1]}")
 
 
+def cohort_statistics(
+    vectors: np.ndarray,
+    cohort: np.ndarray,
+    *,
+    top_n: int,
+    mean: np.ndarray | None = None,
+    dtype: DTypeLike = np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm statistics of (n, E) vectors: the (n,) mean and (n,) standard deviation of
+    each one's ``top_n`` highest cosine scores against the (C, E) ``cohort`` (after
+    :func:`center_and_normalize` with ``mean``), as :func:`as_norm` computes them; the
+    speaker database stores them per enrolled speaker.
+
+    >>> mu, sd = cohort_statistics(np.eye(2), np.eye(2, dtype=np.float32), top_n=2)
+    >>> mu.tolist(), sd.tolist()
+    ([0.5, 0.5], [0.5, 0.5])
+    """
+    dtype = _compute_dtype(dtype)
+    cohort = _matrix(cohort, "cohort").astype(dtype, copy=False)
+    prepared = center_and_normalize(_matrix(vectors, "vectors"), mean=mean)
+    return _top_stats(prepared.astype(dtype, copy=False), cohort, _checked_top_n(top_n, cohort))
+
+
 def as_norm(
     raw_scores: np.ndarray,
     enroll_vectors: np.ndarray,
@@ -293,6 +317,7 @@ def as_norm(
     top_n: int,
     mean: np.ndarray | None = None,
     dtype: DTypeLike = np.float32,
+    enroll_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Adaptive s-norm: ``0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t)`` per trial.
 
@@ -308,6 +333,9 @@ def as_norm(
         enroll_vectors, test_vectors, pairs_e, pairs_t, mean: as for :func:`cosine_scores`.
         cohort: (C, E) cohort vectors from :func:`speaker_cohort` (already centred).
         top_n: number of closest cohort vectors per side (METHOD.md: 600).
+        enroll_stats: (M,) mean and (M,) standard deviation of every enrolment vector,
+            computed earlier by :func:`cohort_statistics` (the speaker database stores
+            them), instead of computing them here.
         dtype: float32 (default) or float64 arithmetic. In float32 the cohort scores carry
             ~1e-7 absolute error, which a small top-n standard deviation magnifies: with
             top_n = 600 results agree with float64 to ~1e-5, with top_n = 2 only to ~1e-4
@@ -341,7 +369,11 @@ def as_norm(
         mu, sd = _top_stats(prepared, cohort, top_n)
         return mu, sd, position.ravel()
 
-    if same_table:
+    if enroll_stats is not None and not same_table:
+        mu_e, sd_e = (np.asarray(values, dtype=np.float64) for values in enroll_stats)
+        pos_e = pairs_e
+        mu_t, sd_t, pos_t = stats(test_vectors, pairs_t)
+    elif same_table:
         mu, sd, position = stats(enroll_vectors, np.concatenate([pairs_e, pairs_t]))
         mu_e, sd_e, pos_e = mu, sd, position[: pairs_e.size]
         mu_t, sd_t, pos_t = mu, sd, position[pairs_e.size :]

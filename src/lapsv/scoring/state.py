@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -48,6 +50,17 @@ class ScoringState:
     @property
     def calibrated(self) -> bool:
         return self.calibrator is not None
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Fingerprint of what AS-norm statistics depend on (mean, cohort, top-n): stored
+        statistics are reused only under the same key."""
+        digest = hashlib.sha256(str(self.top_n).encode())
+        for array in (self.mean, self.cohort):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+            digest.update(b"|")
+        return digest.hexdigest()[:16]
 
     @classmethod
     def load(cls, folder: str | Path) -> ScoringState:
@@ -143,6 +156,7 @@ def score_pairs(
     enroll_seconds: np.ndarray,
     test_seconds: np.ndarray,
     enroll_raw: np.ndarray | None = None,
+    enroll_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Scores:
     """Score trials with everything ``state`` has: cosine, AS-norm, QMF LLR.
 
@@ -154,6 +168,9 @@ def score_pairs(
         enroll_seconds, test_seconds: (M,), (N,) durations (QMF features).
         enroll_raw: (M, E) raw embeddings for the QMF features, when ``enroll_vectors`` are
             enrolled models (a model's raw vector is the mean of its utterances').
+        enroll_stats: (M,) AS-norm mean and standard deviation of each enrolment vector
+            computed earlier for this state (:func:`~lapsv.scoring.norm.cohort_statistics`),
+            or None to compute them here.
     """
     cosine = cosine_scores(enroll_vectors, test_vectors, pairs_e, pairs_t, mean=state.mean)
     if state.cohort is None:
@@ -167,6 +184,7 @@ def score_pairs(
         state.cohort,
         top_n=state.top_n,
         mean=state.mean,
+        enroll_stats=enroll_stats,
     )
     features = quality_features(
         asnorm,

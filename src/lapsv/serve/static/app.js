@@ -1,0 +1,215 @@
+// lapsv serve's browser page: record (MediaRecorder), enrol, verify, identify.
+// Plain JavaScript, no build step. The API key is read from its field for each request and
+// kept nowhere else: no cookie, no web storage. Text from the server is shown with
+// textContent only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const RATE = 16000; // what lapsv models take; the server resamples anything else too
+let recording = null; // {blob, seconds, filename}
+let recorder = null;
+let stopTimer = null;
+
+function show(text, decision) {
+  $("result").textContent = text;
+  const box = $("decision");
+  box.dataset.decision = decision || "";
+  box.className = decision === "same" || decision === "different" ? decision : "";
+  box.textContent = {
+    same: "SAME speaker",
+    different: "DIFFERENT speakers",
+    none: "no decision (no threshold)",
+  }[decision] || decision || "";
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function encodeWav(samples, rate) {
+  const buffer = new ArrayBuffer(44 + 2 * samples.length);
+  const view = new DataView(buffer);
+  const text = (offset, s) => [...s].forEach((c, i) => view.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF");
+  view.setUint32(4, 36 + 2 * samples.length, true);
+  text(8, "WAVEfmt ");
+  view.setUint32(16, 16, true);
+  view.setUint16(20, 1, true); // PCM
+  view.setUint16(22, 1, true); // mono
+  view.setUint32(24, rate, true);
+  view.setUint32(28, 2 * rate, true);
+  view.setUint16(32, 2, true);
+  view.setUint16(34, 16, true);
+  text(36, "data");
+  view.setUint32(40, 2 * samples.length, true);
+  samples.forEach((x, i) => view.setInt16(44 + 2 * i, Math.max(-1, Math.min(1, x)) * 32767, true));
+  return new Blob([buffer], { type: "audio/wav" });
+}
+
+// MediaRecorder gives webm/ogg (Opus); decode it here and send 16 kHz mono WAV, which
+// every lapsv server reads.
+async function toWav(blob) {
+  const context = new AudioContext();
+  let decoded;
+  try {
+    decoded = await context.decodeAudioData(await blob.arrayBuffer());
+  } finally {
+    context.close();
+  }
+  const offline = new OfflineAudioContext(1, Math.ceil(decoded.duration * RATE), RATE);
+  const source = offline.createBufferSource();
+  source.buffer = decoded;
+  source.connect(offline.destination);
+  source.start();
+  const rendered = await offline.startRendering();
+  return { blob: encodeWav(rendered.getChannelData(0), RATE), seconds: rendered.duration };
+}
+
+function useRecording(blob, seconds, filename) {
+  recording = { blob, seconds, filename };
+  const player = $("playback");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(blob);
+  player.hidden = false;
+  const length = seconds === null ? "" : ` ${seconds.toFixed(1)} s`;
+  setStatus(`recorded${length}: ${filename}`);
+}
+
+async function startRecording() {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  const chunks = [];
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (event) => event.data.size && chunks.push(event.data);
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((track) => track.stop());
+    clearTimeout(stopTimer);
+    $("record").disabled = false;
+    $("stop").disabled = true;
+    try {
+      const wav = await toWav(new Blob(chunks, { type: recorder.mimeType }));
+      useRecording(wav.blob, wav.seconds, "microphone.wav");
+    } catch (error) {
+      setStatus(`could not decode the recording: ${error}`);
+    }
+  };
+  recorder.start();
+  $("record").disabled = true;
+  $("stop").disabled = false;
+  setStatus("recording...");
+  const seconds = Math.min(60, Math.max(1, Number($("seconds").value) || 5));
+  stopTimer = setTimeout(() => recorder.state === "recording" && recorder.stop(), seconds * 1000);
+}
+
+async function call(method, path, form) {
+  const key = $("key").value.trim();
+  if (!key) throw new Error("enter the API key first");
+  const response = await fetch(path, {
+    method,
+    body: form,
+    headers: { Authorization: `Bearer ${key}` },
+    cache: "no-store",
+  });
+  let body;
+  try {
+    body = await response.json();
+  } catch {
+    body = { error: response.statusText };
+  }
+  if (!response.ok) throw new Error(`${response.status}: ${body.error || JSON.stringify(body)}`);
+  return body;
+}
+
+function withRecording(form, field) {
+  if (!recording) throw new Error("record something (or choose a file) first");
+  form.append(field, recording.blob, recording.filename);
+  return form;
+}
+
+const sign = (x, digits) => (x >= 0 ? "+" : "") + x.toFixed(digits);
+
+function verifyText(r) {
+  const lines = [`${r.mean_subtracted ? "cosine (mean-subtracted)" : "cosine"}: ${r.cosine.toFixed(4)}`];
+  if (r.asnorm !== null) lines.push(`AS-norm: ${r.asnorm.toFixed(4)}`);
+  if (r.llr !== null) lines.push(`calibrated LLR: ${sign(r.llr, 3)}`);
+  if (r.same === null) {
+    lines.push("decision: none (no threshold: give one, or calibrate the model)");
+  } else {
+    const verdict = r.same ? "SAME speaker" : "DIFFERENT speakers";
+    lines.push(`decision: ${verdict} (score ${sign(r.decision_score, 4)} vs threshold ` +
+      `${sign(r.threshold, 4)} from ${r.threshold_source})`);
+  }
+  return lines.join("\n");
+}
+
+function identifyText(answer) {
+  const best = answer.candidates[0];
+  let verdict = `best match ${best.name} (no threshold: no decision)`;
+  if (answer.answer !== null) {
+    const known = answer.answer !== "unknown";
+    verdict = `${answer.answer} (${known ? "" : `best ${best.name}: `}${answer.score_name} ` +
+      `${sign(best.score, 3)} ${known ? ">=" : "<"} threshold ${sign(answer.threshold, 3)}, ` +
+      `${answer.threshold_source})`;
+  }
+  const rows = answer.candidates.map((c, i) =>
+    `${String(i + 1).padStart(4)}. ${c.name.padEnd(24)} ${answer.score_name} ${sign(c.score, 3).padStart(8)}`);
+  return [`${answer.source} -> ${verdict}`, ...rows].join("\n");
+}
+
+function threshold(form) {
+  const value = $("threshold").value.trim();
+  if (value !== "") form.append("threshold", value);
+  return form;
+}
+
+const actions = {
+  async enroll() {
+    const name = $("name").value.trim();
+    if (!name) throw new Error("give the speaker's name");
+    const form = withRecording(new FormData(), "audio");
+    if ($("replace").checked) form.append("replace", "true");
+    const r = await call("POST", `v1/speakers/${encodeURIComponent(name)}`, form);
+    const what = r.new_speaker ? "enrolled new speaker" : "updated speaker";
+    show(`${what} ${r.name}: ${r.added} recording(s) added, ${r.updated} updated; ` +
+      `${r.total} in total (${r.seconds.toFixed(1)} s)`, "enrolled");
+  },
+  async verify() {
+    const name = $("verify-name").value.trim();
+    if (!name) throw new Error("give the enrolled name to verify against");
+    const form = threshold(withRecording(new FormData(), "a"));
+    form.append("name", name);
+    const r = await call("POST", "v1/verify", form);
+    show(verifyText(r), r.decision || "none");
+  },
+  async identify() {
+    const form = threshold(withRecording(new FormData(), "audio"));
+    form.append("top_k", $("top-k").value || "3");
+    const r = await call("POST", "v1/identify", form);
+    const answer = r.results[0];
+    show(r.results.map(identifyText).join("\n"), answer.answer || answer.candidates[0].name);
+  },
+};
+
+for (const [name, action] of Object.entries(actions)) {
+  $(name).addEventListener("click", async () => {
+    const button = $(name);
+    button.disabled = true;
+    show("working...", "");
+    try {
+      await action();
+    } catch (error) {
+      show(`error: ${error.message || error}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+$("record").addEventListener("click", () =>
+  startRecording().catch((error) => setStatus(`no microphone: ${error.message || error}`)));
+$("stop").addEventListener("click", () => recorder && recorder.state === "recording" && recorder.stop());
+$("file").addEventListener("change", () => {
+  const file = $("file").files[0];
+  if (file) useRecording(file, null, file.name);
+});
