@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -298,3 +300,55 @@ def test_speakers_import_on_the_command_line(tmp_path, capsys):
     other.save(tmp_path / "other.npz", model_id="another-model")
     assert main(["speakers", "import", "--db", str(db), str(tmp_path / "other.npz")]) == 2
     assert "not of model" in capsys.readouterr().err
+
+
+CLI_LOOP = """
+import subprocess, sys
+lapsv, db, names, clips = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4:]
+for name in names:
+    subprocess.run([lapsv, "enroll", "ge2e", "--db", db, name, *clips], check=True,
+                   capture_output=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_lapsv_enroll_loops_and_an_identify_loop(tmp_path):
+    """Acceptance 3 with the commands themselves: two `lapsv enroll` loops (2 recordings
+    per speaker, one transaction each) while `lapsv identify` and `lapsv speakers list`
+    run in a loop; every listing shows whole speakers, and none is lost."""
+    lapsv = str(Path(sys.executable).with_name("lapsv"))
+    data = Path(__file__).resolve().parent / "data"
+    db = str(tmp_path / "speakers.db")
+    clips = [str(data / "speaker_a_1.flac"), str(data / "speaker_b_1.flac")]
+    assert subprocess.run([lapsv, "enroll", "ge2e", "--db", db, "seed", *clips]).returncode == 0
+    loops = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CLI_LOOP,
+                lapsv,
+                db,
+                ",".join(f"w{w}-{i}" for i in range(4)),
+                *clips,
+            ]
+        )
+        for w in (0, 1)
+    ]
+    listings = 0
+    while any(loop.poll() is None for loop in loops) or listings == 0:
+        found = subprocess.run(
+            [lapsv, "identify", "ge2e", "--db", db, str(data / "speaker_a_2.flac")],
+            capture_output=True,
+            text=True,
+        )
+        assert found.returncode == 0 and "Traceback" not in found.stderr
+        listed = subprocess.run(
+            [lapsv, "speakers", "list", "--db", db], capture_output=True, text=True
+        ).stdout
+        rows = [line.split() for line in listed.splitlines()[2:]]
+        assert rows and all(row[1] == "2" for row in rows), listed  # never a half speaker
+        listings += 1
+    assert [loop.wait() for loop in loops] == [0, 0]
+    with SpeakerDB(db) as final:
+        assert len(final.speakers()) == 9 and all(s.utterances == 2 for s in final.speakers())
