@@ -113,12 +113,30 @@ def test_a_stored_base_is_reused_and_a_stale_one_is_caught_up(db, monkeypatch):
     assert names_of(db, first.search(queries, 5)[0]) == brute_force(db, queries, 5)
 
 
-def test_many_changes_rebuild_the_base(db):
+@pytest.mark.parametrize(("backend", "exact_limit"), [("faiss", 0), ("faiss", 10**6), ("numpy", 0)])
+def test_many_new_speakers_join_the_base_without_a_rebuild(db, monkeypatch, backend, exact_limit):
+    import_vectors(db, speaker_vectors(300))
+    index = SpeakerIndex(db, overlay_limit=10, backend=backend, exact_limit=exact_limit)
+    kind = index.kind
+    import_vectors(db, speaker_vectors(30, seed=3), prefix="new")
+    monkeypatch.setattr(SpeakerIndex, "rebuild", lambda self: pytest.fail("rebuilt"))
+    queries = speaker_vectors(20, seed=6)
+    ids, _ = index.search(queries, 5)
+    assert index.kind == kind and index._overlay == {} and index._base.count == 330
+    assert names_of(db, ids) == brute_force(db, queries, 5)
+    stored = SpeakerIndex(db, backend=backend)  # the grown base was stored
+    assert stored.generation == db.generation and stored._base.count == 330
+
+
+def test_many_replaced_speakers_rebuild_the_base(db):
     import_vectors(db, speaker_vectors(50))
     index = SpeakerIndex(db, overlay_limit=10)
-    import_vectors(db, speaker_vectors(30, seed=3), prefix="new")
+    db.import_speakers(  # 8 speakers get a second recording: 8 base rows hidden > 10 // 2
+        {f"s{i:06d}": [Utterance("extra", "-", 1.0, v)] for i, v in enumerate(speaker_vectors(8))},
+        model_id="m",
+    )
     index.refresh()
-    assert index._overlay == {} and len(index) == 80 and index.generation == db.generation
+    assert index._overlay == {} and not index._masked and len(index) == 50
 
 
 def test_hnsw_keeps_recall_against_exact_search(db):

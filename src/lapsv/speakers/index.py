@@ -5,8 +5,10 @@ never behind the database.
 and an in-memory *overlay* of what changed since: before every search it reads the
 changes newer than what it holds (:meth:`SpeakerDB.changes_since`), masks the base rows
 they replace or remove and searches the overlay exactly. So an answer always reflects the
-database as of the search. When the overlay grows past ``overlay_limit`` speakers, the
-base is rebuilt.
+database as of the search. When the overlay grows past ``overlay_limit`` speakers, its
+new speakers are added to the base (HNSW and flat indexes take additions in place) and the
+base is stored again; only when many base rows are replaced or removed (over half the
+limit) is the base rebuilt from the database.
 
 The base is, by speaker count ``S``:
 
@@ -84,6 +86,8 @@ class _Base(Protocol):
 
     def ids(self) -> np.ndarray: ...
 
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
 
 class NumpyBase:
     """Exact inner-product search over an (S, E) float32 matrix (memory-mapped when read
@@ -113,6 +117,12 @@ class NumpyBase:
 
     def ids(self) -> np.ndarray:
         return np.asarray(self.row_ids, dtype=np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """More rows (read into memory if the matrix was memory-mapped)."""
+        self.vectors = np.concatenate([np.asarray(self.vectors), vectors.astype(np.float32)])
+        self.row_ids = np.concatenate([np.asarray(self.row_ids, np.int64), ids])
+        self.count = len(self.row_ids)
 
     def search(
         self, queries: np.ndarray, k: int, hidden: np.ndarray
@@ -161,6 +171,11 @@ class FaissBase:
 
     def ids(self) -> np.ndarray:
         return faiss_module().vector_to_array(self.index.id_map).astype(np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """More rows, in place (HNSW links them into its graph)."""
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+        self.count = self.index.ntotal
 
     def search(
         self, queries: np.ndarray, k: int, hidden: np.ndarray
@@ -222,6 +237,7 @@ class SpeakerIndex:
             may set ``index.db`` to the current one before each search, under a lock).
         mean: the scoring state's (E,) training mean (None: no mean subtraction).
         exact_limit: up to this many speakers the base is exact, above it HNSW.
+        overlay_limit: changes kept in memory before the base takes them (see above).
         backend: "auto" (FAISS when installed), "faiss" or "numpy".
         store: keep the base beside the database for the next process.
 
@@ -281,6 +297,21 @@ class SpeakerIndex:
         prepared = self._prepare(vectors) if len(ids) else vectors
         self._overlay.update(zip(ids.tolist(), prepared, strict=True))
         self.generation = generation
+        if len(self._overlay) + len(self._masked) > self.overlay_limit:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Move the overlay's new speakers into the base; rebuild when too many base rows
+        are hidden (replaced or removed speakers cannot leave an HNSW graph)."""
+        if self._base is not None and len(self._masked) <= self.overlay_limit // 2:
+            fresh = [speaker for speaker in self._overlay if speaker not in self._masked]
+            if fresh:
+                ids = np.array(fresh, dtype=np.int64)
+                self._base.add(ids, np.stack([self._overlay.pop(i) for i in fresh]))
+                self._base_ids = np.sort(np.concatenate([self._base_ids, ids]))
+                if self.store:
+                    with contextlib.suppress(OSError):
+                        self._save()
         if len(self._overlay) + len(self._masked) > self.overlay_limit:
             self.rebuild()
 
