@@ -237,3 +237,29 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def finite_positive(value: Any) -> bool:
     return isinstance(value, int | float) and bool(np.isfinite(value)) and value > 0
+
+
+def format_value(value: Any) -> str:
+    """Numbers with as many decimals as their size deserves (3 significant digits)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01 or magnitude == 0:
+        return f"{value:.2f}"
+    return f"{value:.2g}"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; numbers through :func:`format_value`."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(cell) for cell in row) + " |")
+    return "\n".join(lines)

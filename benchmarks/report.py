@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import format_value, markdown_table
 from benchmarks.scale_report import render_scale
 
 # Frontend rates measured in issue 7 on one H100 (bf16, batch 128 x 2 s): what a GPU
@@ -17,24 +18,6 @@ NO_GPU = "not measured (no GPU)"
 
 def _status(ok: bool) -> str:
     return "met" if ok else "not met"
-
-
-def _fmt(value: Any) -> str:
-    """Numbers with as many decimals as their size deserves (3 significant digits)."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 0.01 or magnitude == 0:
-        return f"{value:.2f}"
-    return f"{value:.2g}"
 
 
 def _target(target: str, measured: str, status: str, notes: str = "") -> dict[str, str]:
@@ -72,7 +55,8 @@ def _backend_target(result: dict | None) -> dict[str, str]:
         if time_ratio > 0.5:
             gaps.append(
                 f"{shape}: LAP+ASTP needs {flop_ratio:.2f}x the FLOPs of SUPERB+ECAPA "
-                f"({_fmt(lap['gflop_per_step'])} vs {_fmt(ecapa['gflop_per_step'])} GFLOP/step)"
+                f"({format_value(lap['gflop_per_step'])} vs "
+                f"{format_value(ecapa['gflop_per_step'])} GFLOP/step)"
             )
     notes = ""
     if gaps:
@@ -270,15 +254,8 @@ def _scoring_targets(result: dict | None, machine: dict) -> list[dict[str, str]]
 # ---------------------------------------------------------------- markdown
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(cell) for cell in row) + " |")
-    return "\n".join(lines)
-
-
 def render_targets(data: dict[str, Any]) -> str:
-    return _table(
+    return markdown_table(
         ["target (issue 7)", "measured", "status", "notes / bottleneck"],
         [[t["target"], t["measured"], t["status"], t["notes"]] for t in data["targets"]],
     )
@@ -319,7 +296,7 @@ def _backend_md(result: dict[str, Any]) -> str:
         method = next(iter(systems.values()))["memory_method"]
         out.append(f"\n**{shape}** (L={row['n_layers']}, D={row['dim']}; memory: {method})\n")
         out.append(
-            _table(
+            markdown_table(
                 [
                     "system",
                     "ms/step",
@@ -357,12 +334,12 @@ def _backend_md(result: dict[str, Any]) -> str:
         out.append(
             f"\n**LAP+ASTP step profile** ({profile['shape']} shapes, torch.profiler, self time)\n"
         )
-        out.append(_ops_table(profile["top_ops"]))
+        out.append(_opsmarkdown_table(profile["top_ops"]))
     return "\n".join(out)
 
 
-def _ops_table(ops: list[dict[str, Any]]) -> str:
-    return _table(
+def _opsmarkdown_table(ops: list[dict[str, Any]]) -> str:
+    return markdown_table(
         ["op", "input shapes", "self ms", "share", "calls"],
         [
             [
@@ -385,7 +362,7 @@ def _frontend_md(result: dict[str, Any]) -> str:
         f"{size['crop_seconds']:g} s, frontend under inference mode; step = frontend + "
         "LAP+ASTP + AAM-softmax + backward + AdamW. FLOPs are analytic (CNN, projections, "
         "attention, feed-forward).\n",
-        _table(
+        markdown_table(
             [
                 "frontend",
                 "forward ms",
@@ -438,7 +415,7 @@ def _frontend_md(result: dict[str, Any]) -> str:
                 ]
             )
     out.append(
-        _table(
+        markdown_table(
             [
                 "frontend/stage",
                 "crop s",
@@ -466,7 +443,7 @@ def _data_md(result: dict[str, Any], frontend: dict | None, gpu: bool) -> str:
             "### 5. Data pipeline, one CPU worker",
             f"{setup['crop_seconds']:g} s crops, {setup['iterations']} iterations per step, "
             f"{setup['data']} MUSAN/RIR data.\n",
-            _table(["step", "utt/s per worker"], [[k, v] for k, v in rates.items()]),
+            markdown_table(["step", "utt/s per worker"], [[k, v] for k, v in rates.items()]),
             f"\nWorkers per GPU ({need['source']}): {workers}.",
         ]
     )
@@ -477,7 +454,7 @@ def _inference_md(result: dict[str, Any]) -> str:
         "### 6. Embedding extraction (`embed_waveforms`), bucketed vs one-by-one",
         f"Length-sorted batches of {result['bucket_batch_size']} vs batch 1, "
         f"{result['precision']}, inference mode.\n",
-        _table(
+        markdown_table(
             [
                 "model",
                 "utts",
@@ -509,7 +486,7 @@ def _inference_md(result: dict[str, Any]) -> str:
             out.append(f"\n{name}: failed on this device: `{m['error']}`")
     ops = result["models"].get("ge2e", {}).get("profile_top_ops")
     if ops:
-        out += ["\n**GE2E embed profile** (one bucketed batch)\n", _ops_table(ops)]
+        out += ["\n**GE2E embed profile** (one bucketed batch)\n", _opsmarkdown_table(ops)]
     return "\n".join(out)
 
 
@@ -537,7 +514,7 @@ def _scoring_md(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             "### 7. Scoring (numpy, CPU)",
-            _table(["stage", "size", "seconds"], [[a, b, f"{c:.2f}"] for a, b, c in rows]),
+            markdown_table(["stage", "size", "seconds"], [[a, b, f"{c:.2f}"] for a, b, c in rows]),
         ]
     )
 

@@ -8,9 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+from benchmarks.common import markdown_table
 
 
 def _load(results_dir: Path, pattern: str) -> list[dict[str, Any]]:
@@ -29,30 +27,28 @@ def _identification(data: dict[str, Any]) -> str:
         "statistics and QMF on a 100-candidate shortlist. Accuracy against exact search over "
         "the same model vectors, 1,000 queries.",
         "",
-        _row(["speakers", "index", "open (s)", "identify 1: p50 / p95 (ms)", "100 queries (s)",
-              "RSS / peak (MB)", "top-1 = exact", "recall@5", "exact search 1 query (ms)",
-              "bulk import (speakers/s)", "enrol one by one (/s)", "index build (s)"]),
-        _row(["---"] * 12),
-    ]  # fmt: skip
-    for r in sizes.values():
-        lines.append(
-            _row(
-                [
-                    f"{r['speakers']:,}",
-                    r["index_kind"],
-                    f"{r['open_s']:.2f}",
-                    f"{r['identify_one_p50_ms']:.1f} / {r['identify_one_p95_ms']:.1f}",
-                    f"{r['identify_100_s']:.2f}",
-                    f"{r['rss_mb']:.0f} / {r['peak_rss_mb']:.0f}",
-                    f"{r['top1_equals_exact']:.3f}",
-                    f"{r['recall_at_5']:.3f}",
-                    f"{r['exact_search_one_ms']:.1f}",
-                    f"{r['bulk_import_speakers_per_s']:,.0f}",
-                    f"{r['enroll_one_at_a_time_per_s']:.0f}",
-                    f"{r['index_build_s']:.1f}",
-                ]
-            )
-        )
+    ]
+    headers = ["speakers", "index", "open (s)", "identify 1: p50 / p95 (ms)", "100 queries (s)",
+               "RSS / peak (MB)", "top-1 = exact", "recall@5", "exact search 1 query (ms)",
+               "bulk import (speakers/s)", "enrol one by one (/s)", "index build (s)"]  # fmt: skip
+    rows = [
+        [
+            f"{r['speakers']:,}",
+            r["index_kind"],
+            f"{r['open_s']:.2f}",
+            f"{r['identify_one_p50_ms']:.1f} / {r['identify_one_p95_ms']:.1f}",
+            f"{r['identify_100_s']:.2f}",
+            f"{r['rss_mb']:.0f} / {r['peak_rss_mb']:.0f}",
+            f"{r['top1_equals_exact']:.3f}",
+            f"{r['recall_at_5']:.3f}",
+            f"{r['exact_search_one_ms']:.1f}",
+            f"{r['bulk_import_speakers_per_s']:,.0f}",
+            f"{r['enroll_one_at_a_time_per_s']:.0f}",
+            f"{r['index_build_s']:.1f}",
+        ]
+        for r in sizes.values()
+    ]
+    lines.append(markdown_table(headers, rows))
     for r in sizes.values():
         if r.get("ef_search_sweep"):
             sweep = "; ".join(
@@ -73,20 +69,18 @@ def _extraction(data: dict[str, Any]) -> str:
         f"{data['machine'].get('date', '')[:10]}. Max abs difference 2 vs 1 process: "
         f"{result['max_abs_diff_2_vs_1']:.1e}.",
         "",
-        _row(["processes", "extraction (utt/s)", "whole command (utt/s)", "load after"]),
-        _row(["---"] * 4),
     ]
-    for run in result["runs"].values():
-        lines.append(
-            _row(
-                [
-                    run["processes"],
-                    f"{run['utterances_per_second']:.1f}",
-                    f"{run['end_to_end_utterances_per_second']:.1f}",
-                    run.get("load_average_after", ""),
-                ]
-            )
-        )
+    rows = [
+        [
+            run["processes"],
+            f"{run['utterances_per_second']:.1f}",
+            f"{run['end_to_end_utterances_per_second']:.1f}",
+            run.get("load_average_after", ""),
+        ]
+        for run in result["runs"].values()
+    ]
+    headers = ["processes", "extraction (utt/s)", "whole command (utt/s)", "load after"]
+    lines.append(markdown_table(headers, rows))
     return "\n".join(lines)
 
 
