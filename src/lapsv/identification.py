@@ -22,7 +22,13 @@ import numpy as np
 from lapsv.embeddings import EmbeddingSet
 from lapsv.inference import DEFAULT_MAX_SECONDS, extract_embeddings
 from lapsv.scoring.norm import cohort_statistics
-from lapsv.scoring.state import Scores, Verification, resolve_threshold, score_pairs
+from lapsv.scoring.state import (
+    Scores,
+    Verification,
+    resolve_threshold,
+    score_pairs,
+    verification_of,
+)
 from lapsv.speaker import Speaker
 from lapsv.speakers import (
     CohortStatistics,
@@ -172,16 +178,7 @@ def verify_enrolled(
         enroll_raw=speakers.raw,
         enroll_stats=None if state.cohort is None else _cohort_stats(speakers, model),
     )
-    limit, source = resolve_threshold(state, threshold)
-    decision = float(scores.decision[0])
-    return Verification(
-        float(scores.cosine[0]),
-        None if scores.asnorm is None else float(scores.asnorm[0]),
-        None if scores.llr is None else float(scores.llr[0]),
-        limit,
-        source,
-        None if limit is None else decision >= limit,
-    )
+    return verification_of(scores, 0, state, threshold)
 
 
 def _cohort_stats(speakers: SpeakerModels, model: Speaker) -> tuple[np.ndarray, np.ndarray]:
@@ -321,19 +318,18 @@ def import_embeddings(
             f"{len(missing)} utterance(s) of the speaker map have no embedding in the file, "
             f"e.g. {missing[:3]}"
         )
-    rows = embeddings.rows([utt for name in speakers for utt in speakers[name]])
-    groups, start = {}, 0
-    for name, utts in speakers.items():
-        groups[name] = [
+    groups = {
+        name: [
             Utterance(
                 hashlib.sha256(embeddings.ids[row].encode()).hexdigest(),
                 embeddings.ids[row],
                 float(embeddings.seconds[row]),
                 embeddings.embeddings[row],
             )
-            for row in rows[start : start + len(utts)]
+            for row in embeddings.rows(utts)
         ]
-        start += len(utts)
+        for name, utts in speakers.items()
+    }
     return db.import_speakers(
         groups,
         model_id=model_id,

@@ -274,15 +274,23 @@ def verify_embeddings(
     pairs = np.array([0]), np.array([1])
     durations = np.asarray(seconds, dtype=np.float64)
     scores = score_pairs(state, raw, raw, *pairs, enroll_seconds=durations, test_seconds=durations)
-    threshold, source = resolve_threshold(state, threshold)
+    return verification_of(scores, 0, state, threshold)
+
+
+def verification_of(
+    scores: Scores, trial: int, state: ScoringState, threshold: float | None
+) -> Verification:
+    """Trial ``trial`` of ``scores`` (from :func:`score_pairs` with ``state``) as a
+    verification, decided at ``threshold`` (or the state's, :func:`resolve_threshold`)."""
+    limit, source = resolve_threshold(state, threshold)
     result = Verification(
-        float(scores.cosine[0]),
-        None if scores.asnorm is None else float(scores.asnorm[0]),
-        None if scores.llr is None else float(scores.llr[0]),
-        threshold,
+        float(scores.cosine[trial]),
+        None if scores.asnorm is None else float(scores.asnorm[trial]),
+        None if scores.llr is None else float(scores.llr[trial]),
+        limit,
         source,
         None,
     )
-    if threshold is not None:
-        result = dataclasses.replace(result, same=result.decision_score >= threshold)
+    if limit is not None:
+        result = dataclasses.replace(result, same=result.decision_score >= limit)
     return result

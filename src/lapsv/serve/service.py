@@ -367,7 +367,7 @@ class Service:
 
     @staticmethod
     def _known(db: SpeakerDB, name: str) -> None:
-        if not db.utterances(name):  # one speaker's rows, not the whole list
+        if db.speaker_id(name) is None:
             raise ServiceError(404, f"no speaker named {name!r} is enrolled")
 
     def _identify(

@@ -161,13 +161,16 @@ class SpeakerDB:
                 "('generation', '0')",
                 (FORMAT, str(SCHEMA_VERSION)),
             )
-            if int(dict(write.execute("SELECT key, value FROM meta").fetchall())["version"]) < 2:
+            meta = dict(write.execute("SELECT key, value FROM meta").fetchall())
+            if int(meta["version"]) < SCHEMA_VERSION:  # schema 1: compute the models
                 ids = [row[0] for row in write.execute("SELECT id FROM speakers ORDER BY id")]
-                dim = int(self.meta().get("embed_dim", 0))
                 if ids:
                     generation = writes.next_generation(write)
+                    dim = int(meta.get("embed_dim", 0))
                     writes.update_models(write, ids, dim=dim, generation=generation, stats=None)
-                write.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(2),))
+                write.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION),)
+                )
 
     def _check_format(self) -> None:
         meta = self.meta()
