@@ -238,7 +238,7 @@ class SpeakerDB:
 
     def check_model(self, model_id: str, *, model_name: str = "") -> None:
         """Refuse a model other than the one the database was enrolled with."""
-        writes.model_mismatch(self.meta(), self.path, model_id, model_name)
+        writes.refuse_other_model(self.meta(), self.path, model_id, model_name)
 
     def enroll(
         self,

@@ -44,7 +44,7 @@ def check_embeddings(name: str, utterances: Sequence[Utterance]) -> tuple[list[U
     return unique, dims.pop()
 
 
-def model_mismatch(meta: Mapping[str, str], path: Path, model_id: str, model_name: str) -> None:
+def refuse_other_model(meta: Mapping[str, str], path: Path, model_id: str, model_name: str) -> None:
     """Refuse a model other than the one the database (its ``meta``) was enrolled with."""
     stored = meta.get("model_id")
     if stored is not None and stored != model_id:
@@ -62,7 +62,7 @@ def claim_model(
 ) -> None:
     """Refuse embeddings of another model or size; the first enrolment names the model."""
     meta = dict(write.execute("SELECT key, value FROM meta").fetchall())
-    model_mismatch(meta, path, model_id, model_name)
+    refuse_other_model(meta, path, model_id, model_name)
     if "model_id" not in meta:
         write.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
