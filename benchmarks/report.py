@@ -511,6 +511,11 @@ def _scoring_md(result: dict[str, Any]) -> str:
         )
     qmf = result["qmf"]
     rows.append(["QMF fit", f"{qmf['n_pairs']:,} pairs", qmf["fit_seconds"]])
+    if "eval" in result:  # measured since issue 23
+        run = result["eval"]
+        size = f"{run['n_trials']:,} trials over {run['n_utterances']:,} utts"
+        rows.append(["eval: read trial file", size, run["read_seconds"]])
+        rows.append(["eval: rows, cosine, metrics, score file, plots", size, run["score_seconds"]])
     return "\n".join(
         [
             "### 7. Scoring (numpy, CPU)",

@@ -1,8 +1,12 @@
-"""Item 7: speed of the scoring back end on CPU: metrics, cosine + AS-norm, QMF calibration.
+"""Item 7: speed of the scoring back end on CPU: metrics, cosine + AS-norm, QMF calibration,
+and the whole ``lapsv eval`` scoring path on a trial file.
 
 Part of ``python -m benchmarks.run`` (``--only scoring`` for this item alone). Sizes
 follow VoxCeleb1-E: 550,000 trials over 140,000 utterances, 192-d embeddings, cohorts of
-600 and 5,994 (VoxCeleb2-dev) speakers; EER/minDCF on 10^7 scores.
+600 and 5,994 (VoxCeleb2-dev) speakers; EER/minDCF on 10^7 scores. The eval path
+(:func:`~lapsv.scoring.evaluate.score_trials` from embeddings already computed: read the
+trial file, find each trial's rows by id, cosine, metrics, score file, DET and histogram
+plots) runs on a VoxCeleb1-H-sized list: 550,000 trials over 137,000 utterances.
 """
 
 from __future__ import annotations
@@ -10,13 +14,16 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy
 
+from lapsv.embeddings import EmbeddingSet
 from lapsv.scoring import (
     QMFCalibrator,
     as_norm,
@@ -26,6 +33,8 @@ from lapsv.scoring import (
     sample_calibration_pairs,
     speaker_cohort,
 )
+from lapsv.scoring.evaluate import score_trials
+from lapsv.scoring.trials import read_trials
 
 FULL = {
     "metric_scores": 10_000_000,
@@ -37,6 +46,8 @@ FULL = {
     "cohort_utterances_per_speaker": 20,
     "top_n": 600,
     "qmf_pairs": 30_000,
+    "eval_trials": 550_000,
+    "eval_utterances": 137_000,
 }
 SMALL = {
     "metric_scores": 20_000,
@@ -48,6 +59,8 @@ SMALL = {
     "cohort_utterances_per_speaker": 3,
     "top_n": 50,
     "qmf_pairs": 2_000,
+    "eval_trials": 5_000,
+    "eval_utterances": 1_400,
 }
 
 
@@ -141,6 +154,34 @@ def _bench_qmf(
     return {"qmf": {"n_pairs": n_pairs, "sample_seconds": seconds_pairs, "fit_seconds": seconds}}
 
 
+def _bench_eval(size: dict[str, int], rng: np.random.Generator) -> dict[str, Any]:
+    """(d) ``lapsv eval``'s scoring of a trial file (VoxCeleb1-H sized) from embeddings."""
+    n_utts, n_trials = size["eval_utterances"], size["eval_trials"]
+    ids = [f"id{i // 8:05d}/video{i % 8}/{i:06d}.wav" for i in range(n_utts)]
+    embeddings = rng.normal(size=(n_utts, size["dim"])).astype(np.float32)
+    table = EmbeddingSet(ids, embeddings, np.full(n_utts, 8.0))
+    enroll, test = rng.integers(0, n_utts, (2, n_trials))
+    labels = rng.integers(0, 2, n_trials)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trials.txt")
+        with open(path, "w") as handle:
+            handle.writelines(
+                f"{label} {ids[e]} {ids[t]}\n"
+                for label, e, t in zip(labels, enroll, test, strict=True)
+            )
+        seconds_read, trials = _timed(lambda: read_trials(path))
+        out = os.path.join(folder, "results")
+        seconds, _ = _timed(lambda: score_trials(table, trials, out=Path(out)))
+    return {
+        "eval": {
+            "n_trials": n_trials,
+            "n_utterances": n_utts,
+            "read_seconds": seconds_read,
+            "score_seconds": seconds,
+        }
+    }
+
+
 def run(*, small: bool = False) -> dict[str, Any]:
     """Time each scoring stage on random data; seconds are wall-clock, one run each."""
     size = SMALL if small else FULL
@@ -152,6 +193,7 @@ def run(*, small: bool = False) -> dict[str, Any]:
     speakers = np.repeat(np.arange(size["cohort_large"]).astype(str), per_speaker)
     results.update(_bench_norm(size, rng, training.astype(np.float32), speakers))
     results.update(_bench_qmf(size, rng, speakers))
+    results.update(_bench_eval(size, rng))
     return results
 
 

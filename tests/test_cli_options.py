@@ -102,7 +102,7 @@ VERBS = {  # verb: (fixed arguments, positional values, {flag: (kind, working va
     "verify": (["ge2e"], [[A, B], [B, A]], {
         "--threshold": ("number", ["0.5", "-1", "0"]), "--max_seconds": ("number", ["1", "60"]),
         "--device": ("choice", ["cpu"])}),
-    "identify": (["ge2e"], [[A, B, "{tmp}/clips"]], {
+    "identify": (["ge2e"], [[A, B, "{tmp}/clips", "{tmp}/e.npz"]], {
         "--db": ("path", [WORK_FILES["db"]] * 3), "--top_k": ("number", ["1", "3"]),
         "--threshold": ("number", ["0.5"]), "--batch_size": ("number", ["1", "16"])}),
     "enroll": (["ge2e"], [["bob", "carol", "", A], [A, B, "{tmp}/clips"]], {

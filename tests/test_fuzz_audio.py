@@ -80,10 +80,10 @@ def check_file(path: Path, model) -> str:
     loaded = failure is None
     result = extract_embeddings(model, [("item", path)])
     if result.failures:
-        assert result.ids == [] and result.failures[0][0] == "item"
+        assert result.ids == () and result.failures[0][0] == "item"
         assert isinstance(result.failures[0][1], str) and result.failures[0][1]
         return "error"
-    assert result.ids == ["item"] and result.embeddings.shape == (1, model.embed_dim)
+    assert result.ids == ("item",) and result.embeddings.shape == (1, model.embed_dim)
     assert np.isfinite(result.embeddings).all()
     assert loaded  # whatever embeds also loads
     return "ok"

@@ -19,6 +19,7 @@ from lapsv.scoring import (
     speaker_cohort,
 )
 from lapsv.scoring import norm as norm_module
+from lapsv.scoring.norm import group_means
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,6 +131,28 @@ def test_missing_ids_are_listed():
         EmbeddingSet(["a", "a"], np.eye(2), np.zeros(2)).rows(["a"])
 
 
+def test_group_means_equal_the_mean_of_each_group():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 3))
+    for groups in (rng.permutation(12), rng.integers(0, 4, 12)):  # one row per group, or more
+        groups[: groups.max() + 1] = np.arange(groups.max() + 1)  # every group non-empty
+        means = group_means(vectors, groups, groups.max() + 1)
+        for group, mean in enumerate(means):
+            np.testing.assert_allclose(mean, vectors[groups == group].mean(axis=0), atol=1e-12)
+    one_each = rng.permutation(12)
+    assert np.array_equal(group_means(vectors, one_each, 12)[one_each], vectors)  # exact
+
+
+def test_the_id_index_is_built_once_and_follows_new_ids():
+    table = EmbeddingSet(["a", "b", "c"], np.eye(3), np.zeros(3))
+    assert table.index() is table.index()  # kept between lookups
+    assert table.rows(["c"]).tolist() == [2]
+    table.ids = ("c", "b", "a")  # new ids: a new index
+    assert table.rows(["c", "a"]).tolist() == [0, 2]
+    keep, pairs_e, pairs_t = table.trial_rows(["a", "x", "b"], ["b", "a", "z"])
+    assert keep.tolist() == [True, False, False] and (pairs_e[0], pairs_t[0]) == (2, 1)
+
+
 def test_speaker_cohort_means_per_speaker():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(9, 4)) + 1.0
@@ -155,6 +178,7 @@ def test_benchmark_small_run():
         "as_norm_small_cohort",
         "as_norm_large_cohort",
         "qmf",
+        "eval",
     }
     assert set(report["machine"]) >= {"platform", "cpu_count", "numpy"}
     assert report["as_norm_large_cohort"]["seconds"] > 0

@@ -320,6 +320,30 @@ def test_speakers_import_on_the_command_line(tmp_path, capsys):
     assert "not of model" in capsys.readouterr().err
 
 
+def test_identify_stored_embeddings_on_the_command_line(tmp_path, capsys):
+    """`lapsv identify MODEL --db DB E.npz`: the answers it gives for the audio itself."""
+    data = Path(__file__).resolve().parent / "data"
+    embeddings, db = tmp_path / "e.npz", tmp_path / "s.db"
+    clips = [str(data / f"speaker_{s}_{i}.flac") for s in "ab" for i in (1, 2)]
+    assert main(["embed", "ge2e", *clips, "--out", str(embeddings)]) == 0
+    for name, clip in (("ann", clips[0]), ("bob", clips[2])):
+        assert main(["enroll", "ge2e", "--db", str(db), name, clip]) == 0
+    capsys.readouterr()
+    identify = ["identify", "ge2e", "--db", str(db), "--top_k", "2"]
+    assert main([*identify, *clips]) == 0
+    from_audio = capsys.readouterr().out
+    assert main([*identify, str(embeddings)]) == 0
+    from_embeddings = capsys.readouterr().out
+    assert from_embeddings == from_audio and from_audio.count("best match") == 4
+    assert main([*identify, clips[0], str(embeddings)]) == 2
+    assert "not both" in capsys.readouterr().err
+    EmbeddingSet.load(embeddings)[0].save(tmp_path / "other.npz", model_id="another-model")
+    assert main([*identify, str(tmp_path / "other.npz")]) == 2
+    assert "not of the given model" in capsys.readouterr().err
+    assert main([*identify, str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
 CLI_LOOP = """
 import subprocess, sys
 lapsv, db, names, clips = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4:]

@@ -24,21 +24,26 @@ from lapsv.files import atomic_path
 class EmbeddingSet:
     """Embeddings of named utterances, with durations and the files that failed.
 
-    ids: n unique utterance ids; embeddings: (n, E) float32; seconds: (n,) durations;
-    failures: (id, reason) of utterances that could not be embedded.
+    ids: n unique utterance ids (a tuple); embeddings: (n, E) float32; seconds: (n,)
+    durations; failures: (id, reason) of utterances that could not be embedded.
+
+    The id -> row index is built once, at the first lookup, and kept (``ids`` is a tuple,
+    so it cannot change under it; assigning new ``ids`` builds a new index): a lookup per
+    speaker or per trial costs only its own ids, never a pass over the whole set.
 
     >>> table = EmbeddingSet(["a", "b"], np.eye(2, dtype=np.float32), np.ones(2))
     >>> table.rows(["b", "b", "a"]).tolist()
     [1, 1, 0]
     """
 
-    ids: list[str]
+    ids: tuple[str, ...]
     embeddings: np.ndarray
     seconds: np.ndarray
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.ids = list(self.ids)
+        self.ids = tuple(self.ids)
+        self._index: tuple[tuple[str, ...], dict[str, int]] | None = None
         if len(self.embeddings) != len(self.ids):
             raise ScoringError(f"{len(self.ids)} ids but {len(self.embeddings)} embedding rows")
 
@@ -47,16 +52,19 @@ class EmbeddingSet:
 
     @classmethod
     def empty(cls, dim: int = 0) -> EmbeddingSet:
-        return cls([], np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
+        return cls((), np.zeros((0, dim), np.float32), np.zeros(0, np.float32))
 
     def index(self) -> dict[str, int]:
-        """id -> row; an error names duplicate ids."""
+        """id -> row (built once and kept; do not modify it); an error names duplicate ids."""
+        if self._index is not None and self._index[0] is self.ids:
+            return self._index[1]
         index = {utt: row for row, utt in enumerate(self.ids)}
         if len(index) != len(self.ids):
             duplicates = [u for u, count in Counter(self.ids).items() if count > 1]
             raise ScoringError(
                 f"{len(duplicates)} duplicate embedding id(s), e.g. {duplicates[:5]}"
             )
+        self._index = (self.ids, index)
         return index
 
     def rows(self, wanted: Iterable[str]) -> np.ndarray:
@@ -80,11 +88,12 @@ class EmbeddingSet:
         Trials with a side that was not embedded (a failed file) are left out, not errors.
         """
         index = self.index()
-        keep = np.array([a in index and b in index for a, b in zip(enroll, test, strict=True)])
-        kept = np.flatnonzero(keep)
-        pairs_e = np.array([index[enroll[i]] for i in kept], dtype=np.int64)
-        pairs_t = np.array([index[test[i]] for i in kept], dtype=np.int64)
-        return keep, pairs_e, pairs_t
+        pairs_e = np.fromiter((index.get(u, -1) for u in enroll), np.int64, len(enroll))
+        pairs_t = np.fromiter((index.get(u, -1) for u in test), np.int64, len(test))
+        if len(pairs_e) != len(pairs_t):
+            raise ScoringError(f"{len(pairs_e)} enrolment ids but {len(pairs_t)} test ids")
+        keep = (pairs_e >= 0) & (pairs_t >= 0)
+        return keep, pairs_e[keep], pairs_t[keep]
 
     def in_order(self, ids: Sequence[str]) -> EmbeddingSet:
         """The rows reordered as ``ids`` lists them; rows whose id is not in ``ids`` are
@@ -92,12 +101,14 @@ class EmbeddingSet:
         position: dict[str, int] = {}
         for index, utt in enumerate(ids):
             position.setdefault(utt, index)
-        rows = sorted(
-            (r for r, u in enumerate(self.ids) if u in position),
-            key=lambda r: position[self.ids[r]],
-        )
+        wanted = np.fromiter((position.get(u, -1) for u in self.ids), np.int64, len(self.ids))
+        rows = np.flatnonzero(wanted >= 0)
+        rows = rows[np.argsort(wanted[rows], kind="stable")]
         return EmbeddingSet(
-            [self.ids[r] for r in rows], self.embeddings[rows], self.seconds[rows], self.failures
+            tuple(self.ids[r] for r in rows),
+            self.embeddings[rows],
+            self.seconds[rows],
+            self.failures,
         )
 
     def columns(self, span: slice) -> EmbeddingSet:
@@ -134,7 +145,7 @@ class EmbeddingSet:
             with np.load(path, allow_pickle=False) as data:
                 model_id = str(data["model_id"]) if "model_id" in data else ""
                 seconds = data["seconds"] if "seconds" in data else np.zeros(len(data["ids"]))
-                return cls(list(map(str, data["ids"])), data["embeddings"], seconds), model_id
+                return cls(tuple(map(str, data["ids"])), data["embeddings"], seconds), model_id
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise ScoringError(
                 f"{path}: not an embeddings file written by lapsv embed / eval ({error})"

@@ -114,13 +114,10 @@ def identify_embeddings(
         raise SpeakerDBError(f"{db.path}: no speaker enrolled yet")
     wanted = top_k if state.cohort is None else max(top_k, shortlist)
     found, _ = index.search(embeddings, wanted)
-    speakers = db.models(np.unique(found[found >= 0]))
-    row_of = {int(speaker): row for row, speaker in enumerate(speakers.ids)}
-    pairs_t, pairs_e = zip(
-        *((t, row_of[s]) for t, row in enumerate(found.tolist()) for s in row if s in row_of),
-        strict=True,
-    )
-    pairs_e, pairs_t = np.array(pairs_e), np.array(pairs_t)
+    speakers = db.models(np.unique(found[found >= 0]))  # sorted ids (deleted ones left out)
+    pairs_t, pairs_e = _candidate_pairs(found, speakers.ids)
+    if not len(pairs_t):  # every speaker found was deleted since the search began
+        raise SpeakerDBError(f"{db.path}: no speaker enrolled yet")
     scores = score_pairs(
         state,
         speakers.vectors,
@@ -134,19 +131,31 @@ def identify_embeddings(
     )
     limit, source_of_limit = resolve_threshold(state, threshold)
     results = []
+    bounds = np.searchsorted(pairs_t, np.arange(len(embeddings) + 1))  # pairs_t is sorted
     for test in range(len(embeddings)):
-        mine = np.flatnonzero(pairs_t == test)
+        mine = np.arange(bounds[test], bounds[test + 1])
         order = mine[np.argsort(-scores.decision[mine], kind="stable")][:top_k]
         candidates = tuple(_candidate(speakers.names[pairs_e[i]], scores, i) for i in order)
         answer = None
         if limit is not None:
-            answer = candidates[0].name if candidates[0].score >= limit else "unknown"
+            passed = candidates and candidates[0].score >= limit
+            answer = candidates[0].name if passed else "unknown"
         results.append(
             Identification(
                 sources[test], candidates, scores.decision_name, limit, source_of_limit, answer
             )
         )
     return results
+
+
+def _candidate_pairs(found: np.ndarray, speaker_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, speaker row) of each search hit whose speaker is in ``speaker_ids`` (sorted):
+    (c,) query rows, ascending, and (c,) rows of ``speaker_ids``, from (n, k) ``found``."""
+    if not len(speaker_ids):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    at = np.minimum(np.searchsorted(speaker_ids, found), len(speaker_ids) - 1)
+    pairs_t, column = np.nonzero((found >= 0) & (speaker_ids[at] == found))  # row-major
+    return pairs_t.astype(np.int64), at[pairs_t, column].astype(np.int64)
 
 
 def verify_enrolled(
@@ -302,31 +311,25 @@ def import_embeddings(
     a database of another model refuses them. ``model``: that model, to check the id and
     store each speaker's AS-norm cohort statistics for its scoring state.
     """
-    if not model_id:
-        raise SpeakerDBError(
-            "the embeddings file names no model (written by an old lapsv?): re-run lapsv embed"
-        )
-    if model is not None and model.model_id != model_id:
-        raise SpeakerDBError(
-            f"the embeddings are of model {model_id}, not of the given model {model.model_id}"
-        )
+    _check_embeddings_model(model_id, model)
     speakers = speakers or {utt: (utt,) for utt in embeddings.ids}
-    known = embeddings.index()
-    missing = [utt for utts in speakers.values() for utt in utts if utt not in known]
+    row_of = embeddings.index()  # built once: a lookup per speaker would be O(N) each
+    missing = [utt for utts in speakers.values() for utt in utts if utt not in row_of]
     if missing:
         raise SpeakerDBError(
             f"{len(missing)} utterance(s) of the speaker map have no embedding in the file, "
             f"e.g. {missing[:3]}"
         )
+    vectors, seconds = embeddings.embeddings, embeddings.seconds
     groups = {
         name: [
             Utterance(
-                hashlib.sha256(embeddings.ids[row].encode()).hexdigest(),
-                embeddings.ids[row],
-                float(embeddings.seconds[row]),
-                embeddings.embeddings[row],
+                hashlib.sha256(utt.encode()).hexdigest(),
+                utt,
+                float(seconds[row_of[utt]]),
+                vectors[row_of[utt]],
             )
-            for row in embeddings.rows(utts)
+            for utt in utts
         ]
         for name, utts in speakers.items()
     }
@@ -336,3 +339,42 @@ def import_embeddings(
         model_name=model_name,
         stats=None if model is None else cohort_statistics_of(model),
     )
+
+
+def identify_stored(
+    db: SpeakerDB,
+    model: Speaker,
+    embeddings: EmbeddingSet,
+    model_id: str,
+    *,
+    top_k: int = 5,
+    threshold: float | None = None,
+    model_name: str = "",
+) -> list[Identification]:
+    """Identify every row of stored embeddings (``lapsv embed``'s .npz, of ``model_id``)
+    with ``model``'s scoring state, in one :func:`identify_embeddings` call."""
+    _check_embeddings_model(model_id, model)
+    db.check_model(model.model_id, model_name=model_name)
+    if not len(embeddings):
+        raise SpeakerDBError("the embeddings file holds no embedding")
+    return identify_embeddings(
+        db,
+        model,
+        embeddings.embeddings,
+        embeddings.seconds,
+        embeddings.ids,
+        top_k=top_k,
+        threshold=threshold,
+    )
+
+
+def _check_embeddings_model(model_id: str, model: Speaker | None) -> None:
+    """Refuse stored embeddings that name no model, or another model than ``model``."""
+    if not model_id:
+        raise SpeakerDBError(
+            "the embeddings file names no model (written by an old lapsv?): re-run lapsv embed"
+        )
+    if model is not None and model.model_id != model_id:
+        raise SpeakerDBError(
+            f"the embeddings are of model {model_id}, not of the given model {model.model_id}"
+        )

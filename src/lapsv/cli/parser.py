@@ -255,7 +255,12 @@ def _add_identify(verbs: argparse._SubParsersAction) -> None:
     identify.add_argument(
         "--db", type=options.speaker_database, required=True, help="speaker database file"
     )
-    identify.add_argument("audio", nargs="+", help="audio files, folders (recursive) or wav.scp")
+    identify.add_argument(
+        "audio",
+        nargs="+",
+        help="audio files, folders (recursive) or wav.scp; or one embeddings file (.npz of "
+        "lapsv embed with the same MODEL) to identify each of its embeddings",
+    )
     _option(identify, "top_k", type=options.count(1), default=3, help="speakers per recording")
     identify.add_argument(
         "--threshold",

@@ -10,7 +10,13 @@ from lapsv.audio import AUDIO_SUFFIXES
 from lapsv.cli.failures import report_failures
 from lapsv.cli.options import audio_inputs, prepare_output
 from lapsv.embeddings import EmbeddingSet
-from lapsv.identification import enroll_files, identify_files, import_embeddings
+from lapsv.identification import (
+    Identification,
+    enroll_files,
+    identify_files,
+    identify_stored,
+    import_embeddings,
+)
 from lapsv.scoring.trials import read_enrollment_map
 from lapsv.speaker import load_model
 from lapsv.speakers import SpeakerDB
@@ -70,32 +76,17 @@ def _format_candidate(rank: int, candidate, score_name: str) -> str:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    paths = _audio_paths(args.audio)
-    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
-    with SpeakerDB(args.db) as db:
-        answers, failures = identify_files(
-            db,
-            model,
-            paths,
-            top_k=args.top_k,
-            threshold=args.threshold,
-            model_name=str(args.model),
-            batch_size=args.batch_size,
-            max_seconds=args.max_seconds,
-            progress=len(paths) >= 20,
+    stored = [path for path in args.audio if Path(path).suffix.lower() == ".npz"]
+    if stored and len(args.audio) > 1:
+        print(
+            f"error: {stored[0]} is an embeddings file: give one embeddings file (lapsv embed's "
+            ".npz) or audio, not both: lapsv identify MODEL --db SPEAKERS.db AUDIO...",
+            file=sys.stderr,
         )
+        return 2
+    answers, failures = _identify(args)
     for answer in answers:
-        best = answer.candidates[0]
-        if answer.answer is None:
-            verdict = f"best match {best.name} (no threshold: no decision)"
-        else:
-            known = answer.answer != "unknown"
-            verdict = (
-                f"{answer.answer} ({'' if known else f'best {best.name}: '}"
-                f"{answer.score_name} {best.score:+.3f} {'>=' if known else '<'} threshold "
-                f"{answer.threshold:+.3f}, {answer.threshold_source})"
-            )
-        print(f"{answer.source} -> {verdict}")
+        print(f"{answer.source} -> {_verdict(answer)}")
         for rank, candidate in enumerate(answer.candidates, start=1):
             print(_format_candidate(rank, candidate, answer.score_name))
     if answers and answers[0].answer is None:
@@ -107,6 +98,42 @@ def cmd_identify(args: argparse.Namespace) -> int:
             "to decide at LLR 0"
         )
     return report_failures(failures)
+
+
+def _identify(args: argparse.Namespace) -> tuple[list[Identification], list[tuple[str, str]]]:
+    """The answers and failures of ``lapsv identify``: of audio files, or of each row of
+    one embeddings file (read, like the audio list, before the model loads)."""
+    is_stored = Path(args.audio[0]).suffix.lower() == ".npz"
+    stored = EmbeddingSet.load(args.audio[0]) if is_stored else None
+    paths = [] if is_stored else _audio_paths(args.audio)
+    model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
+    decision = {"top_k": args.top_k, "threshold": args.threshold, "model_name": str(args.model)}
+    with SpeakerDB(args.db) as db:
+        if stored is not None:
+            return identify_stored(db, model, *stored, **decision), []
+        return identify_files(
+            db,
+            model,
+            paths,
+            **decision,
+            batch_size=args.batch_size,
+            max_seconds=args.max_seconds,
+            progress=len(paths) >= 20,
+        )
+
+
+def _verdict(answer: Identification) -> str:
+    if not answer.candidates:  # every speaker was deleted while the search ran
+        return "unknown (no speaker enrolled)"
+    best = answer.candidates[0]
+    if answer.answer is None:
+        return f"best match {best.name} (no threshold: no decision)"
+    known = answer.answer != "unknown"
+    return (
+        f"{answer.answer} ({'' if known else f'best {best.name}: '}"
+        f"{answer.score_name} {best.score:+.3f} {'>=' if known else '<'} threshold "
+        f"{answer.threshold:+.3f}, {answer.threshold_source})"
+    )
 
 
 def cmd_speakers(args: argparse.Namespace) -> int:
@@ -160,7 +187,7 @@ def _import_speakers(args: argparse.Namespace) -> int:
             model=model,
             model_name=str(args.model or args.embeddings),
         )
-        total = len(db.speakers())
+        total = db.count()
     print(
         f"imported {new + updated} speaker(s) from {args.embeddings} into {args.db}: {new} new, "
         f"{updated} updated; {total} in total [model {model_id}]"

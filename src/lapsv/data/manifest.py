@@ -67,9 +67,12 @@ class Manifest:
     def sample_per_speaker(self, count: int, *, seed: int = 0) -> Manifest:
         """At most ``count`` random utterances of every speaker (a cohort for scoring)."""
         rng = np.random.default_rng(seed)
+        by_speaker: dict[str, list[Utterance]] = {}
+        for utterance in self.utterances:  # one pass: a scan per speaker would be O(S x U)
+            by_speaker.setdefault(utterance.speaker, []).append(utterance)
         chosen = []
-        for speaker in self.speakers:
-            rows = [u for u in self.utterances if u.speaker == speaker]
+        for speaker in sorted(by_speaker):
+            rows = by_speaker[speaker]
             picks = rng.permutation(len(rows))[:count]
             chosen.extend(rows[i] for i in sorted(picks))
         return Manifest(self.root, tuple(chosen))

@@ -30,6 +30,7 @@ __all__ = [
     "cosine_scores",
     "embedding_mean",
     "enroll_models",
+    "group_means",
     "length_normalize",
     "speaker_cohort",
     "subtract_mean",
@@ -99,10 +100,19 @@ def center_and_normalize(x: np.ndarray, *, mean: np.ndarray | None = None) -> np
     return length_normalize(subtract_mean(x, mean))
 
 
-def _group_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Row means of ``vectors`` per group id in ``[0, n_groups)``; every group is non-empty."""
-    order = np.argsort(groups, kind="stable")
+def group_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row means of (n, E) ``vectors`` per (n,) group id in ``[0, n_groups)`` (every group
+    non-empty): (n_groups, E), in the dtype of ``vectors``; one sort, no per-row loop.
+
+    >>> group_means(np.array([[1.0], [3.0], [5.0]]), np.array([1, 0, 1]), 2).tolist()
+    [[3.0], [3.0]]
+    """
     counts = np.bincount(groups, minlength=n_groups)
+    if len(groups) == n_groups and (counts == 1).all():  # a row per group: the rows
+        means = np.empty_like(vectors)  # (reduceat pays per group: 5x slower here)
+        means[groups] = vectors
+        return means
+    order = np.argsort(groups, kind="stable")
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     sums = np.add.reduceat(vectors[order], starts, axis=0)
     return sums / counts[:, None].astype(sums.dtype)
@@ -119,7 +129,7 @@ def average_models(unit_vectors: np.ndarray, groups: np.ndarray, n_groups: int) 
     array([[0.7071, 0.7071]], dtype=float32)
     """
     unit_vectors = np.asarray(unit_vectors).astype(np.float32, copy=False)
-    return length_normalize(_group_means(unit_vectors, np.asarray(groups).ravel(), n_groups))
+    return length_normalize(group_means(unit_vectors, np.asarray(groups).ravel(), n_groups))
 
 
 def enroll_models(

@@ -292,20 +292,23 @@ class SpeakerDB:
         with self._write() as write:
             writes.claim_model(write, self.path, model_id, model_name, dim)
             generation = writes.next_generation(write)
-            known = {
-                name for (name,) in write.execute("SELECT name FROM speakers") if name in checked
-            }
+            known = writes.enrolled_names(write, list(checked))
             fresh = {name: u for name, (u, _) in checked.items() if name not in known}
             if fresh:
                 writes.import_new_speakers(
                     write, fresh, dim=dim, now=now(), generation=generation, stats=stats
                 )
-            for name in sorted(known):
-                _, speaker_id = writes.enroll_speaker(
-                    write, name, checked[name][0], replace=False, now=now()
-                )
+            updated = [
+                writes.enroll_speaker(write, name, checked[name][0], replace=False, now=now())[1]
+                for name in sorted(known)
+            ]
+            for start in range(0, len(updated), writes.MODEL_BATCH):  # bounded memory
                 writes.update_models(
-                    write, [speaker_id], dim=dim, generation=generation, stats=stats
+                    write,
+                    updated[start : start + writes.MODEL_BATCH],
+                    dim=dim,
+                    generation=generation,
+                    stats=stats,
                 )
         return len(fresh), len(known)
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lapsv.scoring.norm import average_models, length_normalize
+from lapsv.scoring.norm import average_models, group_means, length_normalize
 from lapsv.speakers.records import CohortStatistics, EnrollResult, SpeakerDBError, Utterance
 from lapsv.speakers.schema import from_blobs, to_blob
 
+MODEL_BATCH = 100_000  # speakers whose models are computed together (bounded memory)
 _MODEL_ROW = (
     "INSERT OR REPLACE INTO models (speaker_id, vector, raw, seconds, count, generation, "
     "stats_key, stats_mu, stats_sd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -90,6 +91,19 @@ def store_utterance(
             now,
         ),
     )
+
+
+def enrolled_names(connection: sqlite3.Connection, names: Sequence[str]) -> set[str]:
+    """The ``names`` that are enrolled: looked up by the name index, so the cost grows with
+    ``len(names)``, not with the size of the database (an import of a few speakers into
+    a million costs a few lookups, not a scan)."""
+    found: set[str] = set()
+    for start in range(0, len(names), 500):  # SQLite's parameter limit
+        part = names[start : start + 500]
+        marks = ",".join("?" * len(part))
+        query = f"SELECT name FROM speakers WHERE name IN ({marks})"
+        found.update(name for (name,) in connection.execute(query, part))
+    return found
 
 
 def enroll_speaker(
@@ -175,9 +189,7 @@ def write_models(
     n = len(speaker_ids)
     vectors = average_models(length_normalize(raw), groups, n)
     counts = np.bincount(groups, minlength=n)
-    raw_mean = np.zeros((n, raw.shape[1]), dtype=np.float64)
-    np.add.at(raw_mean, groups, raw)
-    raw_mean /= counts[:, None]
+    raw_mean = group_means(np.asarray(raw, dtype=np.float64), groups, n)
     totals = np.bincount(groups, weights=seconds, minlength=n)
     mu = sd = np.full(n, np.nan)
     key = None
@@ -248,11 +260,11 @@ def import_new_speakers(
     positions = np.repeat(np.arange(len(names)), [len(u) for u in ordered])
     seconds = np.array([u.seconds for utterances in ordered for u in utterances], np.float64)
     ids = list(range(first, first + len(names)))
-    for start in range(0, len(ids), 100_000):  # bounded memory for the models' arithmetic
-        part = (positions >= start) & (positions < start + 100_000)
+    for start in range(0, len(ids), MODEL_BATCH):  # bounded memory for the models' arithmetic
+        part = (positions >= start) & (positions < start + MODEL_BATCH)
         write_models(
             write,
-            ids[start : start + 100_000],
+            ids[start : start + MODEL_BATCH],
             raw[part],
             positions[part] - start,
             seconds[part],
