@@ -277,8 +277,19 @@ def _setup(data: dict[str, Any]) -> str:
         f"{m['torch_threads']} torch thread(s) (`--threads`), precision {data['precision']}; "
         f"load average (1, 5, 15 min) {m['load_average_start']} at start, "
         f"{m.get('load_average_end')} at end (other processes share this machine); "
-        f"{data.get('total_seconds', 0):.0f} s in all."
+        f"{data.get('total_seconds', 0):.0f} s in all.{_item_dates(data)}"
     )
+
+
+def _item_dates(data: dict[str, Any]) -> str:
+    """When each item was measured, when a run with ``--only`` kept items of earlier runs."""
+    by_date: dict[str, list[str]] = {}
+    for name, item in data["items"].items():
+        by_date.setdefault(str(item.get("date", "?"))[:10], []).append(name)
+    if len(by_date) < 2:
+        return ""
+    dates = "; ".join(f"{', '.join(names)} on {date}" for date, names in sorted(by_date.items()))
+    return f" Items measured by different runs: {dates} (the header is the latest run's)."
 
 
 def _backend_md(result: dict[str, Any]) -> str:
