@@ -84,7 +84,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    answers, failures = _identify(args)
+    answers, failures = _identify(args, stored[0] if stored else None)
     for answer in answers:
         print(f"{answer.source} -> {_verdict(answer)}")
         for rank, candidate in enumerate(answer.candidates, start=1):
@@ -100,12 +100,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return report_failures(failures)
 
 
-def _identify(args: argparse.Namespace) -> tuple[list[Identification], list[tuple[str, str]]]:
-    """The answers and failures of ``lapsv identify``: of audio files, or of each row of
-    one embeddings file (read, like the audio list, before the model loads)."""
-    is_stored = Path(args.audio[0]).suffix.lower() == ".npz"
-    stored = EmbeddingSet.load(args.audio[0]) if is_stored else None
-    paths = [] if is_stored else _audio_paths(args.audio)
+def _identify(
+    args: argparse.Namespace, embeddings_file: str | None
+) -> tuple[list[Identification], list[tuple[str, str]]]:
+    """The answers and failures of ``lapsv identify``: of the audio files, or of each row
+    of ``embeddings_file`` (read, like the audio list, before the model loads)."""
+    stored = None if embeddings_file is None else EmbeddingSet.load(embeddings_file)
+    paths = [] if stored is not None else _audio_paths(args.audio)
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
     decision = {"top_k": args.top_k, "threshold": args.threshold, "model_name": str(args.model)}
     with SpeakerDB(args.db) as db:

@@ -55,6 +55,7 @@ from lapsv.speakers.schema import (
     create_tables,
     from_blobs,
     now,
+    select_in,
 )
 
 T = TypeVar("T")
@@ -292,7 +293,12 @@ class SpeakerDB:
         with self._write() as write:
             writes.claim_model(write, self.path, model_id, model_name, dim)
             generation = writes.next_generation(write)
-            known = writes.enrolled_names(write, list(checked))
+            known = {  # looked up by name: a few names cost a few lookups, not a scan
+                name
+                for (name,) in select_in(
+                    write, "SELECT name FROM speakers WHERE name IN", list(checked)
+                )
+            }
             fresh = {name: u for name, (u, _) in checked.items() if name not in known}
             if fresh:
                 writes.import_new_speakers(
@@ -366,15 +372,9 @@ class SpeakerDB:
             if ids is None:
                 rows = read.execute(f"{columns} ORDER BY s.name").fetchall()
             else:
-                found = {}
-                for start in range(0, len(ids), 500):  # SQLite's parameter limit
-                    part = [int(i) for i in ids[start : start + 500]]
-                    marks = ",".join("?" * len(part))
-                    found.update(
-                        (row[0], row)
-                        for row in read.execute(f"{columns} WHERE s.id IN ({marks})", part)
-                    )
-                rows = [found[int(i)] for i in ids if int(i) in found]
+                wanted = [int(i) for i in ids]
+                found = {row[0]: row for row in select_in(read, f"{columns} WHERE s.id IN", wanted)}
+                rows = [found[i] for i in wanted if i in found]
         if not rows and ids is None:
             raise SpeakerDBError(f"{self.path}: no speaker enrolled yet")
         return SpeakerModels(

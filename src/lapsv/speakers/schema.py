@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 FORMAT = "lapsv-speakers"
 SCHEMA_VERSION = 2
+PARAMETER_LIMIT = 500  # values per IN (...) query, under SQLite's parameter limit
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -97,3 +99,12 @@ def from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
         sizes = sorted({len(b) // 4 for b in blobs})
         raise ValueError(f"embeddings of {sizes} values where the database says {dim}")
     return np.frombuffer(joined, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def select_in(connection: sqlite3.Connection, select: str, values: Sequence) -> Iterator[tuple]:
+    """The rows of ``select`` (a query ending in ``IN``) for every one of ``values``, in
+    queries of at most :data:`PARAMETER_LIMIT` values: each looks its values up by the
+    column's index, so the cost grows with ``len(values)``, not with the table."""
+    for start in range(0, len(values), PARAMETER_LIMIT):
+        part = list(values[start : start + PARAMETER_LIMIT])
+        yield from connection.execute(f"{select} ({','.join('?' * len(part))})", part)

@@ -93,19 +93,6 @@ def store_utterance(
     )
 
 
-def enrolled_names(connection: sqlite3.Connection, names: Sequence[str]) -> set[str]:
-    """The ``names`` that are enrolled: looked up by the name index, so the cost grows with
-    ``len(names)``, not with the size of the database (an import of a few speakers into
-    a million costs a few lookups, not a scan)."""
-    found: set[str] = set()
-    for start in range(0, len(names), 500):  # SQLite's parameter limit
-        part = names[start : start + 500]
-        marks = ",".join("?" * len(part))
-        query = f"SELECT name FROM speakers WHERE name IN ({marks})"
-        found.update(name for (name,) in connection.execute(query, part))
-    return found
-
-
 def enroll_speaker(
     write: sqlite3.Connection,
     name: str,
