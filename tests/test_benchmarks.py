@@ -169,3 +169,32 @@ def test_optimised_lap_matches_the_naive_forward_and_gradients(mode):
         same(g1[name], g2[name], name)
     for name in b2:
         same(b1[name].float(), b2[name].float(), name)
+
+
+def test_diarization_benchmark_writes_its_json_and_section(tmp_path):
+    from benchmarks import diarization
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "diarization-cpu.json"
+    data = diarization.main(
+        ["--size", "tiny", "--out", str(out), "--markdown", str(tmp_path / "RESULTS.md")]
+    )
+    assert torch.get_num_threads() == threads
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(data))
+    assert written["source"].startswith("tests/data") and written["commit"]
+    for path, value in _numbers({k: written[k] for k in ("ge2e", "whisper", "long")}):
+        assert math.isfinite(value) and value >= 0, path
+    ge2e = written["ge2e"]["threads"]["1"]
+    assert ge2e["duration_s"] == written["ge2e"]["conversation"]["seconds"] == 40.0
+    assert ge2e["best_x_real_time"] > 0 and len(ge2e["runs"]) == 1
+    assert set(ge2e["stage_share"]) == {"vad", "embeddings", "clustering", "other"}
+    assert set(written["whisper"]["passes"]) == {"window", "shared"}
+    long = written["long"]
+    assert long["printed"] == f"speakers found: {long['num_speakers']}"
+    assert long["peak_rss_mb"] >= long["rss_after_load_mb"] > 0
+    clustered = written["clustering"]["windows"]["300"]
+    assert clustered["default_p"]["1"]["eigh_calls"] >= 1
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "## Diarization (issue 24), CPU" in markdown and "speakers found: " in markdown
+    assert markdown == report.render(tmp_path)

@@ -120,6 +120,10 @@ VERBS = {  # verb: (fixed arguments, positional values, {flag: (kind, working va
     "inspect": (["ge2e"], [[A, B]], {"--plot": ("path", ["{tmp}/p.png"])}),
     "info": ([], [["ge2e", "{tmp}/e.npz"]], {}),
     "speakers": ([], [["list", "delete"]], {"--db": ("path", [WORK_FILES["db"]] * 3)}),
+    "diarize": (["ge2e"], [[A, B, "{tmp}/clips"]], {
+        "--out": ("path", ["{tmp}/dz", "{tmp}/new/dz"]), "--num_speakers": ("number", ["1", "2"]),
+        "--min_speakers": ("number", ["1", "2"]), "--max_speakers": ("number", ["2", "5"]),
+        "--window": ("number", ["1.5", "3"]), "--vad_threshold": ("number", ["0.5", "0.3"])}),
     "data": (["validate"], [["{tmp}/clips"]], {
         "--crop_seconds": ("number", ["1"]), "--min_utterances": ("number", ["1", "2"]),
         "--sample_rate": ("number", ["16000"])}),
@@ -127,7 +131,8 @@ VERBS = {  # verb: (fixed arguments, positional values, {flag: (kind, working va
 
 
 REQUIRED = {"identify": ["--db"], "enroll": ["--db"], "eval": ["--trials", "--audio_root"],
-            "speakers": ["--db"], "score": ["--embeddings", "--trials"]}  # fmt: skip
+            "speakers": ["--db"], "score": ["--embeddings", "--trials"],
+            "diarize": ["--out"]}  # fmt: skip
 
 
 @st.composite

@@ -10,6 +10,7 @@ import pytest
 
 from lapsv import load_model
 from lapsv.demo import corpus as demo_corpus
+from lapsv.demo import diarization as demo_diarization
 from lapsv.demo import noise as demo_noise
 from lapsv.demo import run_demo
 from synthetic import make_corpus
@@ -38,6 +39,9 @@ def fake_noise(out, *, speech_manifest=None, cache=None, **_):
 def demo_out(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_corpus, "build_demo_corpus", fake_corpus)
     monkeypatch.setattr(demo_noise, "build_demo_noise", fake_noise)
+    monkeypatch.setattr(demo_diarization, "TEST_CONVERSATIONS", 2)  # a few short ones
+    monkeypatch.setattr(demo_diarization, "VAL_CONVERSATIONS", 1)
+    monkeypatch.setattr(demo_diarization, "MINUTES", (0.15, 0.25))
     return tmp_path / "demo"
 
 
@@ -112,6 +116,16 @@ def test_demo_writes_the_report_with_every_system(demo_out):
     assert gap == pytest.approx(sum(gaps) / 2, abs=0.011)  # from the table's rounded cells
     assert f"LAP better on {sum(gap < 0 for gap in gaps)} of 2 seeds" in paired
     assert "LAP + ASTP beats (lower EER, paired t > 2): " in seed_table
+    diarization = report.split("## Diarization")[1]
+    for system in ("ge2e LAP + ASTP", "GE2E's own embedding", "whisper-base LAP + ASTP"):
+        assert f"| {system} | Silero VAD |" in diarization
+        assert f"| {system} | oracle |" in diarization
+    assert "shared pass" in diarization and (demo_out / "diarization" / "timeline.png").is_file()
+    assert set(result_diarization(demo_out)) == {"ge2e LAP + ASTP", "GE2E's own embedding"}
+
+
+def result_diarization(demo_out):
+    return json.loads((demo_out / "results.json").read_text())["diarization"]
 
 
 def result_profile(demo_out):

@@ -2,9 +2,9 @@
 
 A block is marked by a ``<!-- readme-test ... -->`` line right before a ```console fence;
 its ``$ lapsv ...`` lines run (through ``lapsv.cli.main``, in a folder holding a copy of
-``tests/data``) and their standard output must equal the lines shown under them. Numbers
-are compared at the precision the README prints them, so a changed model or output format
-fails here instead of silently staling the README.
+``tests/data`` and ``tests/conversation``) and their standard output must equal the lines
+shown under them. Numbers are compared at the precision the README prints them, so a
+changed model or output format fails here instead of silently staling the README.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def test_the_readme_has_a_tested_block():
 
 @pytest.mark.parametrize("steps", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block_prints_what_it_shows(steps, tmp_path, monkeypatch, capsys):
-    shutil.copytree(ROOT / "tests" / "data", tmp_path / "tests" / "data")
+    for folder in ("data", "conversation"):
+        shutil.copytree(ROOT / "tests" / folder, tmp_path / "tests" / folder)
     monkeypatch.chdir(tmp_path)
 
     def run(command: str) -> list[str]:

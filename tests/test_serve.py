@@ -142,6 +142,7 @@ def test_the_page_health_and_docs_are_public(client):
     assert (
         'id="key"' in page.text and "default-src 'self'" in page.headers["content-security-policy"]
     )
+    assert 'id="diarize-file"' in page.text and 'id="timeline"' in page.text
     script = client.get("/app.js")
     assert "MediaRecorder" in script.text
     assert not any(
@@ -154,6 +155,7 @@ def test_the_page_health_and_docs_are_public(client):
         "/v1/embed",
         "/v1/verify",
         "/v1/identify",
+        "/v1/diarize",
         "/v1/speakers",
         "/v1/speakers/{name}",
         "/healthz",
@@ -166,6 +168,7 @@ ROUTES = [
     ("POST", "/v1/embed"),
     ("POST", "/v1/verify"),
     ("POST", "/v1/identify"),
+    ("POST", "/v1/diarize"),
     ("GET", "/v1/speakers"),
     ("POST", "/v1/speakers/alice"),
     ("DELETE", "/v1/speakers/alice"),

@@ -1,5 +1,6 @@
 """The browser page of `lapsv serve` in headless Chromium, with Chromium's fake microphone
-playing a bundled test clip: record, enrol, record again, verify -> "same".
+playing a bundled test clip: record, enrol, record again, verify -> "same"; then upload a
+two-speaker conversation to "Who spoke when" -> a timeline of two speakers.
 
 Slow (``make test-slow``). It needs a Chromium binary: ``$LAPSV_CHROMIUM``, else
 ``chromium`` / ``chromium-headless-shell`` on the PATH, else Debian's
@@ -35,6 +36,8 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a top-level package beside src/
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import serve_load  # noqa: E402
+
+from test_serve_diarize import write_conversation  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 DEBIAN_BINARY = Path("/usr/lib/chromium/chromium-headless-shell")
@@ -228,6 +231,25 @@ def verify_recording(tools: DevTools, session: str, key: str, name: str) -> tupl
     return decision, run_js(tools, session, "document.getElementById('result').textContent")
 
 
+TIMELINE = """({
+  blocks: [...document.querySelectorAll('#timeline .segment')].map((b) => ({
+    speaker: b.dataset.speaker, colour: b.style.background, width: b.offsetWidth })),
+  legend: [...document.querySelectorAll('#legend > span')].map((s) => s.dataset.speaker),
+  rows: document.querySelectorAll('#segments tbody tr').length,
+  result: document.getElementById('result').textContent,
+})"""
+
+
+def diarize_upload(tools: DevTools, session: str, path: Path) -> tuple[str, dict]:
+    """Choose ``path`` in the "Who spoke when" file input and press its button:
+    (decision, what the timeline, legend and table show)."""
+    root = tools.call("DOM.getDocument", session)["root"]["nodeId"]
+    node = tools.call("DOM.querySelector", session, nodeId=root, selector="#diarize-file")
+    tools.call("DOM.setFileInputFiles", session, files=[str(path)], nodeId=node["nodeId"])
+    decision = decision_after(tools, session, "diarize")
+    return decision, run_js(tools, session, TIMELINE)
+
+
 @pytest.mark.slow
 def test_the_page_records_enrols_and_verifies_in_chromium(tmp_path):
     """Three browsers, three microphones: enrol speaker A's first clip, then verify A's
@@ -252,9 +274,19 @@ def test_the_page_records_enrols_and_verifies_in_chromium(tmp_path):
         with page(binary, url, clips["speaker_a_2.flac"], tmp_path / "same") as (tools, tab):
             same = verify_recording(tools, tab, srv.verify_key, "alice")
             shot = tools.call("Page.captureScreenshot", tab, format="png")["data"]
+            write_conversation(tmp_path / "conversation.wav")
+            spoke, shown = diarize_upload(tools, tab, tmp_path / "conversation.wav")
+            run_js(tools, tab, "document.getElementById('diarization').scrollIntoView()")
+            timeline = tools.call("Page.captureScreenshot", tab, format="png")["data"]
+    (tmp_path / "serve_diarize.png").write_bytes(base64.b64decode(timeline))
     png = base64.b64decode(shot)
     (tmp_path / "serve_page.png").write_bytes(png)
     if os.environ.get("LAPSV_SCREENSHOT"):
         Path(os.environ["LAPSV_SCREENSHOT"]).write_bytes(png)
     assert same[0] == "same" and "decision: SAME speaker" in same[1], same
     assert other[0] == "different" and "decision: DIFFERENT speakers" in other[1], other
+    speakers = {block["speaker"] for block in shown["blocks"]}
+    assert spoke == "2 speakers" and len(speakers) == 2, shown
+    assert len({block["colour"] for block in shown["blocks"]}) == 2, shown  # one per speaker
+    assert all(block["width"] > 0 for block in shown["blocks"]), shown
+    assert set(shown["legend"]) == speakers and shown["rows"] == len(shown["blocks"]), shown

@@ -11,12 +11,14 @@ Public API::
     model.verify("alice.wav", "bob.wav")      # scores, LLR when calibrated, decision
     model.embed_batch(waveforms, lengths)     # (B, N) padded tensor, (B,) lengths -> (B, E)
     backend = lapsv.build_backend("lap", "astp", in_dim=1024, n_layers=25)
+    lapsv.diarize(model, "meeting.wav").segments   # who spoke when: Segment(start, end, speaker)
 """
 
 __version__ = "0.1.0"
 
 from lapsv.backend import SpeakerBackend, build_backend
 from lapsv.config import BackendConfig, FrontendConfig, ModelConfig
+from lapsv.diarization import Diarization, DiarizeOptions, diarize
 from lapsv.export import export_model
 from lapsv.frontends import GE2EEncoder, GE2EFrontend, HFFrontend, build_frontend
 from lapsv.inference import embed_waveforms
@@ -29,6 +31,8 @@ from lapsv.speakers import SpeakerDB
 __all__ = [
     "AAMSoftmax",
     "BackendConfig",
+    "Diarization",
+    "DiarizeOptions",
     "FrontendConfig",
     "GE2EEncoder",
     "GE2EFrontend",
@@ -43,6 +47,7 @@ __all__ = [
     "__version__",
     "build_backend",
     "build_frontend",
+    "diarize",
     "embed_waveforms",
     "export_model",
     "load_model",

@@ -7,7 +7,8 @@ and reject unusable audio with an :class:`~lapsv.errors.AudioError` naming the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +28,7 @@ SILENCE_PEAK = 1e-4  # -80 dBFS
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 BLOCK_SAMPLES = 1 << 20  # samples (all channels) decoded at a time
 MAX_RESAMPLE_DENOMINATOR = 1000  # bounds the polyphase filter for odd sample rates
+RESAMPLE_MARGIN_TAPS = 10  # scipy.signal.resample_poly's filter half-length per max(up, down)
 
 # What libsndfile and soundfile raise on files they cannot read (all become AudioError).
 _DECODE_ERRORS = (
@@ -219,6 +221,40 @@ def resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nda
         ratio = ratio.limit_denominator(MAX_RESAMPLE_DENOMINATOR)
     up, down = ratio.numerator, ratio.denominator
     return resample_poly(waveform, up, down).astype(np.float32)
+
+
+def read_blocks(
+    path: str | Path, *, sample_rate: int = SAMPLE_RATE, block_samples: int
+) -> Iterator[np.ndarray]:
+    """Yield a file as consecutive mono float32 blocks at ``sample_rate``, one read at a time.
+
+    The file is cut into the fewest equal blocks of at most ``block_samples`` (as
+    :func:`lapsv.inference.window_bounds` cuts it), so memory holds one block, whatever the
+    file's length. Block edges fall on the resampling grid (multiples of the rate ratio's
+    denominator in source samples), and each block is read with a margin wider than the
+    resampling filter, so the blocks join into what resampling the whole file gives.
+    """
+    with soundfile.SoundFile(str(path)) as handle:
+        rate, frames = handle.samplerate, handle.frames
+        ratio = Fraction(sample_rate, rate)
+        if ratio.denominator > MAX_RESAMPLE_DENOMINATOR:  # odd rates, as lapsv.audio.resample
+            ratio = ratio.limit_denominator(MAX_RESAMPLE_DENOMINATOR)
+        up, down = ratio.numerator, ratio.denominator
+        units = -(-frames // down)  # resampling grid steps (the last one may be partial)
+        per_window = max(1, block_samples // up)
+        count = -(-units // per_window)
+        edges = [i * units // count for i in range(count + 1)]
+        margin = 0 if up == down else -(-RESAMPLE_MARGIN_TAPS * max(up, down) // (up * down)) + 2
+        total = -(-frames * up // down)
+        for u0, u1 in itertools.pairwise(edges):
+            lo, hi = max(0, u0 - margin), min(units, u1 + margin)
+            handle.seek(lo * down)
+            data = handle.read(min(hi * down, frames) - lo * down, dtype="float32", always_2d=True)
+            wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            if up != down:
+                wave = resample_poly(wave, up, down).astype(np.float32)
+            start = (u0 - lo) * up
+            yield wave[start : start + min(u1 * up, total) - u0 * up]
 
 
 def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

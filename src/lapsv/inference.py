@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import soundfile
 import torch
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from lapsv.audio import (
@@ -25,6 +23,7 @@ from lapsv.audio import (
     load_audio,
     pad_batch,
     prepare_waveform,
+    read_blocks,
 )
 from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import AudioError, ConfigError
@@ -51,9 +50,6 @@ class Embedder(Protocol):
 DEFAULT_MAX_SECONDS = 60.0
 """Recordings longer than this are embedded window by window (see :func:`window_bounds`);
 the one default of every verb and function that embeds recordings (``None``: never)."""
-
-_RESAMPLE_MARGIN_TAPS = 10  # scipy.signal.resample_poly's filter half-length per max(up, down)
-_MAX_RESAMPLE_DENOMINATOR = 1000
 
 
 def window_bounds(n_samples: int, max_samples: int | None) -> list[tuple[int, int]]:
@@ -155,36 +151,6 @@ def embed_waveforms(
     return _window_mean(raw, np.array(owners), len(waveforms))
 
 
-def _read_source_windows(path: str, target_rate: int, max_samples: int):
-    """Yield the windows of a long file at ``target_rate``, mono, reading one at a time.
-
-    Window edges fall on the resampling grid (multiples of the rate ratio's denominator in
-    source samples), and each window is read with a margin wider than the resampling
-    filter, so the windows join into what polyphase-resampling the whole file gives.
-    """
-    with soundfile.SoundFile(path) as handle:
-        rate, frames = handle.samplerate, handle.frames
-        ratio = Fraction(target_rate, rate)
-        if ratio.denominator > _MAX_RESAMPLE_DENOMINATOR:  # odd rates, as lapsv.audio.resample
-            ratio = ratio.limit_denominator(_MAX_RESAMPLE_DENOMINATOR)
-        up, down = ratio.numerator, ratio.denominator
-        units = -(-frames // down)  # resampling grid steps (the last one may be partial)
-        per_window = max(1, max_samples // up)
-        count = -(-units // per_window)
-        edges = [i * units // count for i in range(count + 1)]
-        margin = 0 if up == down else -(-_RESAMPLE_MARGIN_TAPS * max(up, down) // (up * down)) + 2
-        total = -(-frames * up // down)
-        for u0, u1 in itertools.pairwise(edges):
-            lo, hi = max(0, u0 - margin), min(units, u1 + margin)
-            handle.seek(lo * down)
-            data = handle.read(min(hi * down, frames) - lo * down, dtype="float32", always_2d=True)
-            wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-            if up != down:
-                wave = resample_poly(wave, up, down).astype(np.float32)
-            start = (u0 - lo) * up
-            yield wave[start : start + min(u1 * up, total) - u0 * up]
-
-
 def embed_file(
     model: Embedder,
     path: str | Path,
@@ -221,7 +187,7 @@ def embed_file(
         batch.clear()
 
     try:
-        for window in _read_source_windows(source, rate, limit):
+        for window in read_blocks(source, sample_rate=rate, block_samples=limit):
             total += len(window) / rate
             if not np.isfinite(window).all():
                 raise AudioError(source, "audio contains NaN or infinite samples")

@@ -22,6 +22,28 @@ from lapsv.errors import ConfigError
 from lapsv.files import check_writable_file, check_writable_folder
 from lapsv.inference import expand_audio_inputs
 
+MODEL_HELP = "model directory, hub id, built-in name (ge2e), or a file from `lapsv export`"
+
+
+def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, mps")
+
+
+def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "trust_pickle",
+        action="store_true",
+        help="allow pickle weights (.pt/.bin/.ckpt); unpickling runs any code a file "
+        "carries, so only for files you trust",
+    )
+
 
 def count(minimum: int) -> Callable[[str], int]:
     """An integer of at least ``minimum`` (batch sizes, top-k, counts)."""

@@ -7,6 +7,7 @@ import argparse
 
 from lapsv import __version__
 from lapsv.cli import options
+from lapsv.cli.conversation_verbs import add_diarize_parser
 from lapsv.cli.model_verbs import (
     cmd_embed,
     cmd_eval,
@@ -21,14 +22,8 @@ from lapsv.cli.serve_verbs import add_serve_parser
 from lapsv.cli.speaker_verbs import cmd_enroll, cmd_identify, cmd_speakers
 from lapsv.inference import DEFAULT_MAX_SECONDS
 
-
-def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add ``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*spellings, dest=name, **kwargs)
-
-
-MODEL_HELP = "model directory, hub id, built-in name (ge2e), or a file from `lapsv export`"
+_option = options.flag
+MODEL_HELP = options.MODEL_HELP
 
 
 def _max_seconds_option(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +37,7 @@ def _max_seconds_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _trust_pickle_option(parser: argparse.ArgumentParser) -> None:
-    _option(
-        parser,
-        "trust_pickle",
-        action="store_true",
-        help="allow pickle weights (.pt/.bin/.ckpt); unpickling runs any code a file "
-        "carries, so only for files you trust",
-    )
+_trust_pickle_option = options.add_trust_pickle
 
 
 def _embedding_options(parser: argparse.ArgumentParser) -> None:
@@ -60,10 +48,7 @@ def _embedding_options(parser: argparse.ArgumentParser) -> None:
     _trust_pickle_option(parser)
 
 
-def _device_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", type=options.device, default="cpu", help="cpu, cuda, cuda:1, mps"
-    )
+_device_option = options.add_device
 
 
 def _overrides(parser: argparse.ArgumentParser, what: str) -> None:
@@ -88,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_enroll,
         _add_identify,
         _add_speakers,
+        add_diarize_parser,
         _add_export,
         _add_inspect,
         _add_demo,

@@ -52,10 +52,7 @@ class _ModelOrAction(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def _option(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """``--name`` (the library parameter's name) and its ``--dashed-spelling``."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*spellings, dest=name, **kwargs)
+_option = options.flag
 
 
 def _port(value: str) -> int:

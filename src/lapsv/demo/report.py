@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from lapsv.demo.diarization import diarization_section
 from lapsv.demo.evaluation import SideResults
 from lapsv.demo.profile import LayerProfile
 from lapsv.demo.sides import Side
@@ -240,9 +241,16 @@ def side_section(part: SideReport, prefix: str) -> list[str]:
 
 
 def write_report(
-    out: Path, summary: Any, parts: list[SideReport], *, seconds: float, budget: float
+    out: Path,
+    summary: Any,
+    parts: list[SideReport],
+    *,
+    seconds: float,
+    budget: float,
+    diarization: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``out/report.md``: run time, corpus, each side's section, the layer profiles."""
+    """Write ``out/report.md``: run time, corpus, each side's section, the layer profiles,
+    and the diarization table."""
     lines = [
         "# lapsv demo report",
         "",
@@ -260,6 +268,8 @@ def write_report(
         prefix = f"{part.side.folder}/" if part.side.folder else ""
         lines += side_section(part, prefix)
     lines += ["## Layer profiles", "", "![training-free layer profiles](profile.png)", ""]
+    if diarization is not None:
+        lines += diarization_section(diarization, "diarization/")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

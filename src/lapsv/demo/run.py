@@ -9,7 +9,9 @@
 4. with ``seeds`` > 1, stage 1 again with other seeds;
 5. evaluate every system of every seed on unseen test speakers, with and without mean
    subtraction, plus AS-norm + QMF for LAP + ASTP and the side's built-in embedding;
-6. write report.md with the tables, paired seed differences, DET, profile and LAP plots.
+6. diarize simulated conversations of the test speakers with each side's LAP + ASTP and
+   GE2E's own embedding (:mod:`lapsv.demo.diarization`);
+7. write report.md with the tables, paired seed differences, DET, profile and LAP plots.
 
 Every step is skipped when its output exists, so the demo is re-runnable.
 """
@@ -30,15 +32,19 @@ from lapsv.data.manifest import read_manifest, write_manifest
 from lapsv.demo import corpus as demo_corpus
 from lapsv.demo import noise as demo_noise
 from lapsv.demo.corpus_summary import CorpusSummary
+from lapsv.demo.diarization import System, build_demo_conversations, evaluate_diarization
 from lapsv.demo.evaluation import evaluate_side
 from lapsv.demo.profile import LayerProfile, layer_profile, plot_profile
 from lapsv.demo.report import SideReport, write_report
 from lapsv.demo.sides import SIDES, Side
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
+from lapsv.inference import extract_embeddings
 from lapsv.inspection import dominant_layers, layer_view, plot_layer_weights, winner_statistics
+from lapsv.scoring.norm import embedding_mean
 from lapsv.scoring.plots import plot_det
-from lapsv.speaker import load_model
+from lapsv.scoring.state import ScoringState
+from lapsv.speaker import Speaker, load_model
 from lapsv.training import TrainConfig, load_recipe, train
 
 STAGE2_EPOCHS = 2
@@ -92,7 +98,7 @@ def run_demo(
     sides = [SIDES[name] for name in frontends]
     runs: dict[str, _SideRun] = {}
     for number, side in enumerate(sides, 1):
-        log(f"[3/6] side {number} of {len(sides)}: {side.title}")
+        log(f"[3/7] side {number} of {len(sides)}: {side.title}")
         runs[side.name] = _stage1(side, corpus, out, [*paths, *overrides], log)
     evaluation = sum(side.evaluation_minutes for side in sides)
     for side in sides:
@@ -108,11 +114,27 @@ def run_demo(
             )
             run.models[seeded.seed] = train(seeded, run.directory / f"stage1-seed{seeded.seed}")
     parts = [_evaluate(side, runs[side.name], corpus, log) for side in sides]
-    log("[6/6] plots and report")
+    log("[6/7] diarization of simulated conversations of the test speakers")
+    diarization = evaluate_diarization(
+        _diarization_systems(sides, runs, corpus),
+        build_demo_conversations(out / "conversations", corpus, out / "noise", log),
+        out / "diarization",
+        log,
+    )
+    log("[7/7] plots and report")
     plot_profile({p.side.name: (p.profile, p.side.layer_names) for p in parts}, out / "profile.png")
     seconds = time.perf_counter() - started
-    report = write_report(out, summary, parts, seconds=seconds, budget=budget_minutes)
-    results = {
+    report = write_report(
+        out, summary, parts, seconds=seconds, budget=budget_minutes, diarization=diarization
+    )
+    _write_results(out / "results.json", parts, diarization)
+    log(f"report: {report}  ({seconds / 60:.1f} min)")
+    return DemoResult(report, {p.side.name: p.results.table for p in parts}, seconds)
+
+
+def _write_results(path: Path, parts: list[SideReport], diarization: dict[str, Any]) -> None:
+    """results.json: each side's test table, EER by seed and profile; the diarization rows."""
+    results: dict[str, Any] = {
         p.side.name: {
             "table": p.results.table,
             "EER % by seed": p.results.seeds,
@@ -120,15 +142,17 @@ def run_demo(
         }
         for p in parts
     }
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    log(f"report: {report}  ({seconds / 60:.1f} min)")
-    return DemoResult(report, {name: r["table"] for name, r in results.items()}, seconds)
+    results["diarization"] = {
+        label: {speech: row["scores"] for speech, row in entry["test"].items()}
+        for label, entry in diarization["systems"].items()
+    }
+    atomic_write_text(path, json.dumps(results, indent=1))
 
 
 def _prepare_data(out: Path, log: Callable[[str], None]) -> CorpusSummary:
     """The corpus (with a cohort list) and the noise folders under ``out``."""
     corpus = out / "corpus"
-    log("[1/6] demo corpus (real voices from Debian packages)")
+    log("[1/7] demo corpus (real voices from Debian packages)")
     summary = demo_corpus.build_demo_corpus(corpus, cache=out / "cache", progress=log)
     log(summary.format_table())
     if not (corpus / "cohort.tsv").exists():  # for mean subtraction, AS-norm and QMF
@@ -136,7 +160,7 @@ def _prepare_data(out: Path, log: Callable[[str], None]) -> CorpusSummary:
         write_manifest(
             corpus / "cohort.tsv", train_set.sample_per_speaker(15).utterances, root=train_set.root
         )
-    log("[2/6] noise, music, babble and simulated room impulse responses")
+    log("[2/7] noise, music, babble and simulated room impulse responses")
     demo_noise.build_demo_noise(
         out / "noise", speech_manifest=corpus / "train.tsv", cache=out / "cache"
     )
@@ -183,7 +207,7 @@ def _stage2(side: Side, run: _SideRun, minutes_left: float, log: Callable[[str],
     """Stage 2 of the side if it fits the minutes left (or was already trained)."""
     stage2_dir = run.directory / "stage2"
     if minutes_left >= side.stage2_minutes or (stage2_dir / "lap_astp" / "model").exists():
-        log(f"[4/6] stage 2 on {side.name}: joint fine-tuning of the frontend with LAP + ASTP")
+        log(f"[4/7] stage 2 on {side.name}: joint fine-tuning of the frontend with LAP + ASTP")
         config = stage2_config(run.config, run.directory / "stage1")
         run.stage2 = train(config, stage2_dir)["lap_astp"]
     else:
@@ -193,14 +217,14 @@ def _stage2(side: Side, run: _SideRun, minutes_left: float, log: Callable[[str],
             else f"the time budget is spent ({-minutes_left:.1f} min over)"
         )
         log(
-            f"[4/6] stage 2 on {side.name} skipped: {left} after reserving the evaluation, "
+            f"[4/7] stage 2 on {side.name} skipped: {left} after reserving the evaluation, "
             f"and it needs {side.stage2_minutes:.0f} min; a larger --budget_minutes runs it"
         )
 
 
 def _evaluate(side: Side, run: _SideRun, corpus: Path, log: Callable[[str], None]) -> SideReport:
     """Test metrics, DET curves and LAP's layer statistics of one side."""
-    log(f"[5/6] evaluation of {side.name} on unseen test speakers")
+    log(f"[5/7] evaluation of {side.name} on unseen test speakers")
     results = evaluate_side(
         side, run.models, run.labels, corpus, run.directory / "eval", stage2=run.stage2, log=log
     )
@@ -208,6 +232,47 @@ def _evaluate(side: Side, run: _SideRun, corpus: Path, log: Callable[[str], None
     plot_det(None, None, run.directory / "det.png", systems=results.det, title=title)
     layers = _lap_layers(run.models[run.config.seed]["lap_astp"], corpus, run.directory, side)
     return SideReport(side, run.labels, results, run.config, run.profile, layers, STAGE2_EPOCHS)
+
+
+def _diarization_systems(
+    sides: list[Side], runs: dict[str, _SideRun], corpus: Path
+) -> list[System]:
+    """Each side's LAP + ASTP (seed 0, calibrated: spectral or AHC at LLR 0; Whisper: also
+    the shared encoder pass) and GE2E's own embedding (with the training mean)."""
+    systems = []
+    for side in sides:
+        run = runs[side.name]
+        path = run.models[run.config.seed]["lap_astp"]
+        choices = {"spectral": {}, "AHC at LLR 0": {"clustering": "ahc"}}
+        if side.name != "ge2e":
+            choices = {
+                "spectral, window pass": {},
+                "spectral, shared pass": {"embedding_pass": "shared"},
+                "AHC at LLR 0, shared pass": {"clustering": "ahc", "embedding_pass": "shared"},
+            }
+        systems.append(
+            System(
+                f"{side.name}_lap", f"{side.name} LAP + ASTP", lambda p=path: load_model(p), choices
+            )
+        )
+        if side.builtin is not None:
+            systems.append(
+                System(
+                    f"{side.name}_builtin",
+                    side.builtin_label,
+                    lambda b=side.builtin: _with_training_mean(load_model(b), corpus),
+                    {"spectral": {}},
+                )
+            )
+    return systems
+
+
+def _with_training_mean(model: Speaker, corpus: Path) -> Speaker:
+    """``model`` with the mean of its cohort-list embeddings as its training mean."""
+    cohort = read_manifest(corpus / "cohort.tsv")
+    items = [(u.utt, cohort.audio_path(u)) for u in cohort]
+    mean = embedding_mean(extract_embeddings(model, items).embeddings)
+    return Speaker(model.encoder, ScoringState(mean=mean))
 
 
 def stage2_config(stage1: TrainConfig, stage1_dir: Path) -> TrainConfig:

@@ -6,8 +6,9 @@ module does not use ``from __future__ import annotations``: FastAPI reads the ro
 handlers' annotations, and they name classes imported inside those functions.
 
 Routes (OpenAPI schema at ``/docs``): ``POST /v1/embed``, ``POST /v1/verify``,
-``POST /v1/identify``, ``GET /v1/speakers``, ``POST /v1/speakers/{name}`` and
-``DELETE /v1/speakers/{name}`` (admin), ``GET /healthz``, ``GET /metrics``, ``GET /``.
+``POST /v1/identify``, ``POST /v1/diarize``, ``GET /v1/speakers``,
+``POST /v1/speakers/{name}`` and ``DELETE /v1/speakers/{name}`` (admin), ``GET /healthz``,
+``GET /metrics``, ``GET /``.
 Every error is ``{"error": "..."}`` with a 4xx status that says which problem.
 """
 
@@ -29,14 +30,18 @@ PAGE_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 DESCRIPTION = (
-    "Speaker verification with lapsv: embed, verify, identify, enrol. Send the API key as "
-    "`Authorization: Bearer KEY`; the `verify` role may embed, verify, identify and list, "
-    "the `admin` role may also enrol and delete."
+    "Speaker verification with lapsv: embed, verify, identify, diarize, enrol. Send the API "
+    "key as `Authorization: Bearer KEY`; the `verify` role may embed, verify, identify, "
+    "diarize and list, the `admin` role may also enrol and delete."
 )
 AUDIO_HELP = "a recording in any format lapsv reads (wav, flac, ogg, mp3, ...)"
 THRESHOLD_HELP = (
     "decision threshold (default: the server's --threshold, else LLR 0 for a calibrated "
     "model, else no decision)"
+)
+NAME_THRESHOLD_HELP = (
+    "a speaker takes an enrolled name when identify's score of it passes this (default: the "
+    "server's --threshold, else LLR 0 for a calibrated model, else no names)"
 )
 
 
@@ -145,6 +150,30 @@ def _add_audio_routes(app: "FastAPI", service: Service) -> None:
     ) -> dict[str, Any]:
         uploads = [await _read(f"audio[{i}]", upload) for i, upload in enumerate(audio)]
         return await service.identify(uploads, top_k=top_k, threshold=threshold)
+
+    @app.post(
+        "/v1/diarize",
+        tags=["audio"],
+        summary="Who spoke when? Speaker segments of a conversation, named when enrolled",
+    )
+    async def diarize(
+        audio: Annotated[UploadFile, File(description=AUDIO_HELP)],
+        num_speakers: Annotated[int | None, Form(description="exactly this many speakers")] = None,
+        min_speakers: Annotated[int, Form(description="at least this many speakers")] = 1,
+        max_speakers: Annotated[int, Form(description="at most this many speakers")] = 10,
+        name_threshold: Annotated[float | None, Form(description=NAME_THRESHOLD_HELP)] = None,
+        vad_threshold: Annotated[
+            float | None, Form(description="Silero VAD speech probability threshold (0.5)")
+        ] = None,
+    ) -> dict[str, Any]:
+        return await service.diarize(
+            await _read("audio", audio),
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            name_threshold=name_threshold,
+            vad_threshold=vad_threshold,
+        )
 
 
 def _add_speaker_routes(app: "FastAPI", service: Service) -> None:

@@ -9,6 +9,8 @@ a lone request never waits. Then all of them are embedded by one call of
 blocks on inference and the model is only ever used by one thread. While a batch runs, the
 next one gathers. lapsv's embeddings do not depend on what else is in the batch (padding is
 masked), so a recording gets the embedding it would get alone, as ``lapsv embed`` gives it.
+Work that uses the model outside a batch (a diarization: :meth:`EmbeddingBatcher.run`) runs
+in the same thread, between batches.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ import torch
 from lapsv.inference import DEFAULT_MAX_SECONDS, Embedder, embed_waveforms
 
 POLL_SECONDS = 0.001  # how often a gathering batch looks for more recordings
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -126,6 +130,14 @@ class EmbeddingBatcher:
         self._wakeup.set()
         return list(await asyncio.gather(*(job.future for job in jobs)))
 
+    async def run(self, work: Callable[[], T]) -> T:
+        """``work()`` in the worker thread, between two batches, without gradients: for work
+        that uses the model on its own (a diarization), so that the model is still only
+        ever used by one thread. Batches that gather meanwhile wait for it."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _without_gradients, work)
+
     async def _gather(self) -> list[_Job]:
         """Wait for a first recording, then up to ``max_wait`` for a full batch."""
         await self._wakeup.wait()
@@ -171,3 +183,8 @@ class EmbeddingBatcher:
         if self.on_batch is not None:
             self.on_batch(len(waves), time.perf_counter() - start)
         return vectors
+
+
+def _without_gradients(work: Callable[[], T]) -> T:
+    with torch.no_grad():
+        return work()

@@ -1,11 +1,12 @@
-"""The verbs of ``lapsv serve`` on uploaded recordings: embed, verify, identify, enrol,
-delete, list. No HTTP here: :mod:`lapsv.serve.app` maps them to routes and
+"""The verbs of ``lapsv serve`` on uploaded recordings: embed, verify, identify, diarize,
+enrol, delete, list. No HTTP here: :mod:`lapsv.serve.app` maps them to routes and
 :class:`ServiceError` to status codes.
 
 Scores come from the one scoring path, as in the CLI: two recordings are compared by
 :func:`~lapsv.scoring.state.verify_embeddings` (what ``lapsv verify`` prints), a recording
 and enrolled speakers by :func:`~lapsv.identification.identify_embeddings` (what ``lapsv
-identify`` prints; verifying against a name reads that name's row of it). An upload is
+identify`` prints; verifying against a name reads that name's row of it). A conversation is
+diarized by :func:`~lapsv.diarization.diarize` (what ``lapsv diarize`` runs). An upload is
 written to a private temporary file (mode 0600, in a 0700 folder of this process), decoded
 by :func:`~lapsv.audio.load_audio` and deleted at once; the client's file name is only ever
 shown, never used as a path. Speaker names are checked here and reach SQLite only as
@@ -30,7 +31,9 @@ import numpy as np
 
 from lapsv import __version__
 from lapsv.audio import audio_duration, load_audio
-from lapsv.errors import AudioError
+from lapsv.diarization import Diarization, diarize
+from lapsv.diarization.vad import VADError
+from lapsv.errors import AudioError, ConfigError
 from lapsv.identification import (
     Identification,
     cohort_statistics_of,
@@ -40,6 +43,7 @@ from lapsv.identification import (
 from lapsv.inference import DEFAULT_MAX_SECONDS
 from lapsv.scoring.state import Verification, verify_embeddings
 from lapsv.serve.batching import EmbeddingBatcher
+from lapsv.serve.diarize import SharedVAD, diarize_options, file_id_of, service_reason
 from lapsv.serve.limits import Limits
 from lapsv.serve.metrics import Metrics
 from lapsv.speaker import Speaker
@@ -160,6 +164,7 @@ class Service:
         self.upload_dir: Path | None = None
         self._index: SpeakerIndex | None = None  # built at the first identify
         self._index_lock = threading.Lock()
+        self.vad = SharedVAD()  # Silero VAD, loaded at the first diarization
 
     async def start(self) -> None:
         """Start the batcher and make the private folder uploads are decoded in (0700)."""
@@ -246,6 +251,56 @@ class Service:
             "results": [identification_json(answer) for answer in answers],
         }
 
+    async def diarize(
+        self,
+        upload: Upload,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int = 1,
+        max_speakers: int = 10,
+        name_threshold: float | None = None,
+        vad_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Who spoke when in one recording (``lapsv diarize``): segments with SPEAKER_xx
+        labels, or the names of enrolled speakers that the identify rule recognises
+        (``name_threshold``, default: the server's threshold, else LLR 0 when calibrated)."""
+        name_threshold = self._threshold(name_threshold, "name_threshold")
+        try:
+            options = diarize_options(
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+                vad_threshold=vad_threshold,
+            )
+        except ConfigError as error:
+            raise ServiceError(422, str(error)) from None
+        await self.start()
+        [item] = await asyncio.to_thread(self._decode, [upload])
+        file_id = file_id_of(display_name(upload.filename, ""))
+
+        def work() -> Diarization:
+            with self._database() as db:
+                return diarize(
+                    self.model,
+                    item.wave,
+                    sample_rate=self.model.sample_rate,
+                    file_id=file_id,
+                    options=options,
+                    speakers=db if db.count() else None,
+                    name_threshold=name_threshold,
+                    vad=self.vad.get(),
+                )
+
+        try:
+            result = await self.batcher.run(work)  # the model's one thread
+        except AudioError as error:
+            raise ServiceError(422, f"{upload.field}: {service_reason(error.reason)}") from None
+        except ConfigError as error:
+            raise ServiceError(422, f"{upload.field}: {error}") from None
+        except VADError as error:
+            raise ServiceError(503, f"speech detection is not available: {error}") from None
+        return {"model_id": self.model.model_id, **result.to_json()}
+
     async def enroll(
         self, name: str, uploads: Sequence[Upload], *, replace: bool = False
     ) -> dict[str, Any]:
@@ -304,9 +359,9 @@ class Service:
 
     # --- the steps ----------------------------------------------------------------------
 
-    def _threshold(self, given: float | None) -> float | None:
+    def _threshold(self, given: float | None, field: str = "threshold") -> float | None:
         if given is not None and not math.isfinite(given):
-            raise ServiceError(422, f"threshold must be a finite number, got {given}")
+            raise ServiceError(422, f"{field} must be a finite number, got {given}")
         return self.threshold if given is None else float(given)
 
     async def _embed(self, uploads: Sequence[Upload]) -> list[tuple[_Decoded, np.ndarray]]:

@@ -1,4 +1,5 @@
-// lapsv serve's browser page: record (MediaRecorder), enrol, verify, identify.
+// lapsv serve's browser page: record (MediaRecorder), enrol, verify, identify, and who
+// spoke when in a conversation (a coloured timeline of the speakers' segments).
 // Plain JavaScript, no build step. The API key is read from its field for each request and
 // kept nowhere else: no cookie, no web storage. Text from the server is shown with
 // textContent only.
@@ -157,6 +158,68 @@ function identifyText(answer) {
   return [`${answer.source} -> ${verdict}`, ...rows].join("\n");
 }
 
+const PALETTE = ["#3a6fd8", "#e0812f", "#2f9e5a", "#c2413a", "#8a5bd1",
+  "#2a9fb0", "#b5892b", "#d45aa1", "#6b7a8f", "#4f8f2f"];
+const colour = (i) => PALETTE[i] || `hsl(${(i * 137.5) % 360}, 55%, 48%)`;
+const timeText = (x) => x.toFixed(2);
+
+function clearDiarization() {
+  $("diarization").hidden = true;
+  $("timeline").replaceChildren();
+  $("legend").replaceChildren();
+  $("segments").tBodies[0].replaceChildren();
+}
+
+// One coloured block per segment on a bar as long as the recording, a legend of the
+// speakers (enrolled names or SPEAKER_xx) with their talk time, and the segments' table.
+function drawDiarization(r) {
+  const colours = new Map(r.speakers.map((speaker, i) => [speaker, colour(i)]));
+  const talk = new Map(r.speakers.map((speaker) => [speaker, 0]));
+  const duration = r.duration || 1;
+  const rows = $("segments").tBodies[0];
+  for (const segment of r.segments) {
+    const block = document.createElement("div");
+    block.className = "segment";
+    block.dataset.speaker = segment.speaker;
+    block.style.left = `${(100 * segment.start) / duration}%`;
+    block.style.width = `${(100 * (segment.end - segment.start)) / duration}%`;
+    block.style.background = colours.get(segment.speaker);
+    block.title = `${segment.speaker}: ${timeText(segment.start)}-${timeText(segment.end)} s`;
+    $("timeline").append(block);
+    const row = rows.insertRow();
+    for (const time of [segment.start, segment.end]) {
+      const cell = row.insertCell();
+      cell.className = "time";
+      cell.textContent = timeText(time);
+    }
+    row.insertCell().append(swatch(colours.get(segment.speaker)), segment.speaker);
+    talk.set(segment.speaker, talk.get(segment.speaker) + segment.end - segment.start);
+  }
+  for (const speaker of r.speakers) {
+    const item = document.createElement("span");
+    item.dataset.speaker = speaker;
+    item.append(swatch(colours.get(speaker)), `${speaker} (${talk.get(speaker).toFixed(1)} s)`);
+    $("legend").append(item);
+  }
+  $("axis-end").textContent = `${r.duration.toFixed(1)} s`;
+  $("diarization").hidden = false;
+}
+
+function swatch(color) {
+  const box = document.createElement("span");
+  box.className = "swatch";
+  box.style.background = color;
+  return box;
+}
+
+function diarizationText(r) {
+  const lines = [`${r.file}: ${r.num_speakers} speaker(s) in ${r.duration.toFixed(1)} s ` +
+    `(${r.speech_seconds.toFixed(1)} s of speech), ${r.segments.length} segment(s)`];
+  for (const [label, name] of Object.entries(r.names)) lines.push(`${label} is ${name}`);
+  if (!Object.keys(r.names).length) lines.push("no enrolled speaker recognised");
+  return lines.join("\n");
+}
+
 function threshold(form) {
   const value = $("threshold").value.trim();
   if (value !== "") form.append("threshold", value);
@@ -188,6 +251,19 @@ const actions = {
     const r = await call("POST", "v1/identify", form);
     const answer = r.results[0];
     show(r.results.map(identifyText).join("\n"), answer.answer || answer.candidates[0].name);
+  },
+  async diarize() {
+    clearDiarization();
+    const file = $("diarize-file").files[0];
+    const form = file ? new FormData() : withRecording(new FormData(), "audio");
+    if (file) form.append("audio", file, file.name);
+    const speakers = $("num-speakers").value.trim();
+    if (speakers !== "") form.append("num_speakers", speakers);
+    const value = $("threshold").value.trim();
+    if (value !== "") form.append("name_threshold", value);
+    const r = await call("POST", "v1/diarize", form);
+    drawDiarization(r);
+    show(diarizationText(r), `${r.num_speakers} speaker${r.num_speakers === 1 ? "" : "s"}`);
   },
 };
 

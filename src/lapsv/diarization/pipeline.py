@@ -1,0 +1,346 @@
+"""``diarize``: who spoke when in one recording, with any lapsv model.
+
+audio -> Silero VAD (speech regions) -> windows (1.5 s every 0.75 s) -> embeddings through
+the :class:`~lapsv.speaker.Speaker` facade -> clustering (spectral with the eigen-gap
+count, or average linkage at a threshold) -> segments -> names from a speaker database.
+
+A file is read twice as a stream of 30 s blocks (VAD, then the windows), never whole, so a
+recording of hours runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from lapsv.audio import SAMPLE_RATE, audio_duration, prepare_waveform, read_blocks
+from lapsv.diarization.clustering import (
+    SpeakerCount,
+    agglomerative_clusters,
+    centroid_resegmentation,
+    cosine_affinity,
+    spectral_clusters,
+)
+from lapsv.diarization.embedding import (
+    EMBEDDING_PASSES,
+    shared_pass_embeddings,
+    window_embeddings,
+)
+from lapsv.diarization.segments import Segment, windows_to_segments
+from lapsv.diarization.vad import SileroVAD, VADOptions, speech_regions
+from lapsv.diarization.windows import window_spans
+from lapsv.errors import AudioError, ConfigError
+from lapsv.identification import identify_embeddings
+from lapsv.model import SpeakerModel
+from lapsv.scoring.norm import center_and_normalize
+from lapsv.scoring.state import score_pairs
+from lapsv.speaker import Speaker
+from lapsv.speakers import SpeakerDB
+
+BLOCK_SECONDS = 30.0  # audio read at a time (and Whisper's one encoder pass)
+CLUSTERINGS = ("spectral", "ahc")
+Progress = Callable[[str, float], None]  # (stage, seconds of the recording done)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiarizeOptions:
+    """Every choice of :func:`diarize` (the CLI flags have the same names).
+
+    num_speakers / min_speakers / max_speakers: the speaker count, fixed or bounded.
+    clustering: ``spectral`` (eigen-gap count) or ``ahc`` (average linkage at a threshold:
+        ``threshold`` as a cosine, else the model's calibrated LLR 0).
+    p: share of each window's most similar windows kept by spectral p-pruning (None:
+        chosen per recording, NME-SC).
+    window, hop: embedding window length and step (seconds).
+    min_segment: shorter segments are dropped (seconds).
+    resegment: re-assign each window to the nearest cluster mean after clustering.
+    embedding_pass: ``window`` (each window alone) or ``shared`` (one frontend pass per
+        30 s block, windows pooled from it; trained lapsv models only).
+    vad: Silero VAD options; pauses shorter than 0.5 s stay inside a speech region (so a
+        window spans the words around them; chosen on the validation conversations).
+    """
+
+    num_speakers: int | None = None
+    min_speakers: int = 1
+    max_speakers: int = 10
+    clustering: str = "spectral"
+    threshold: float | None = None
+    p: float | None = 0.2
+    window: float = 1.5
+    hop: float = 0.75
+    min_segment: float = 0.0
+    resegment: bool = False
+    embedding_pass: str = "window"
+    batch_size: int = 32
+    vad: VADOptions = dataclasses.field(default_factory=lambda: VADOptions(min_silence=0.5))
+
+    def __post_init__(self) -> None:
+        self.count  # validates the speaker count  # noqa: B018
+        if self.clustering not in CLUSTERINGS:
+            raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
+        if self.embedding_pass not in EMBEDDING_PASSES:
+            raise ConfigError(
+                f"embedding_pass must be one of {EMBEDDING_PASSES}, got {self.embedding_pass!r}"
+            )
+        if not (self.window > 0 and 0 < self.hop <= self.window):
+            raise ConfigError(
+                f"need window > 0 and 0 < hop <= window, got {self.window} and {self.hop}"
+            )
+        if self.p is not None and not 0.0 < self.p <= 1.0:
+            raise ConfigError(f"p must lie in (0, 1], got {self.p}")
+
+    @property
+    def count(self) -> SpeakerCount:
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Diarization:
+    """One recording's answer: segments (time order) with speaker labels or names."""
+
+    file_id: str
+    duration: float
+    speech_seconds: float
+    segments: tuple[Segment, ...]
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # label -> enrolled name
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> run time
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speakers, in order of first appearance."""
+        return list(dict.fromkeys(s.speaker for s in self.segments))
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file_id,
+            "duration": round(self.duration, 3),
+            "speech_seconds": round(self.speech_seconds, 3),
+            "num_speakers": len(self.speakers),
+            "speakers": self.speakers,
+            "names": self.names,
+            "segments": [s.to_json() for s in self.segments],
+            "seconds": self.seconds,
+        }
+
+
+def diarize(
+    model: Speaker,
+    audio: str | Path | np.ndarray,
+    *,
+    sample_rate: int | None = None,
+    file_id: str | None = None,
+    options: DiarizeOptions = DiarizeOptions(),
+    speakers: SpeakerDB | None = None,
+    name_threshold: float | None = None,
+    vad: SileroVAD | None = None,
+    speech: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> Diarization:
+    """Who spoke when in one recording (a file of any length, or samples).
+
+    Args:
+        model: any lapsv model (:func:`lapsv.load_model`).
+        audio: an audio file, or samples (N,) / (N, channels) at ``sample_rate``.
+        file_id: the RTTM file id (default: the file's stem, or ``"audio"``).
+        speakers: a :class:`~lapsv.speakers.SpeakerDB`: each cluster's mean embedding is
+            identified, and clusters that pass the threshold take the enrolled name.
+        name_threshold: the naming threshold (default: the identify rule, LLR 0 when the
+            model is calibrated).
+        vad: a loaded :class:`SileroVAD` to reuse across recordings.
+        speech: (R, 2) speech [start, end) seconds to use instead of the VAD's (oracle
+            speech regions, say from a reference RTTM).
+        progress: called with (stage, seconds of audio done) as the recording is read.
+
+    Raises:
+        AudioError: the file cannot be read, or holds no speech.
+        ConfigError: impossible options (more speakers asked for than windows).
+    """
+    source = str(audio) if isinstance(audio, str | Path) else "<array>"
+    file_id = file_id or (Path(audio).stem if isinstance(audio, str | Path) else "audio")
+    clock = _StageClock()
+    reader = _reader(audio, sample_rate)
+    if speech is None:
+        vad = vad or SileroVAD()
+    probabilities, n_samples = _scan(vad if speech is None else None, reader, source, progress)
+    if speech is None:
+        regions = speech_regions(probabilities, n_samples, options.vad)
+    else:
+        regions = np.clip(np.asarray(speech, np.float64).reshape(-1, 2), 0, n_samples / SAMPLE_RATE)
+        regions = regions[regions[:, 1] > regions[:, 0]]
+    clock.done("vad")
+    if not len(regions):
+        raise AudioError(
+            source,
+            f"no speech found (Silero VAD at threshold {options.vad.threshold}); "
+            "a lower --vad_threshold finds quieter speech",
+        )
+    duration = n_samples / SAMPLE_RATE
+    windows = window_spans(regions, window=options.window, hop=options.hop, duration=duration)
+    spans = np.round(windows * SAMPLE_RATE).astype(np.int64)
+    embeddings = _embed(model, _reported(reader(), "embeddings", progress), spans, options)
+    clock.done("embeddings")
+    labels = _cluster(model, embeddings, windows, options)
+    segments = windows_to_segments(
+        windows, [f"SPEAKER_{k:02d}" for k in labels], min_duration=options.min_segment
+    )
+    names: dict[str, str] = {}
+    if speakers is not None:
+        names = name_clusters(model, speakers, embeddings, labels, windows, name_threshold)
+        segments = [
+            dataclasses.replace(s, speaker=names.get(s.speaker, s.speaker)) for s in segments
+        ]
+    clock.done("clustering")
+    speech = float(np.sum(regions[:, 1] - regions[:, 0]))
+    return Diarization(file_id, duration, speech, tuple(segments), names, clock.seconds)
+
+
+class _StageClock:
+    """Seconds spent in each stage, for the report and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 4)
+        self._last = now
+
+
+def _reported(
+    blocks: Iterator[np.ndarray], stage: str, progress: Progress | None
+) -> Iterator[np.ndarray]:
+    done = 0
+    for block in blocks:
+        yield block
+        done += len(block)
+        if progress is not None:
+            progress(stage, done / SAMPLE_RATE)
+
+
+def _reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Callable[[], Iterator]:
+    """A function giving the recording as a fresh stream of 16 kHz blocks."""
+    block = int(BLOCK_SECONDS * SAMPLE_RATE)
+    if isinstance(audio, str | Path):
+        audio_duration(audio)  # AudioError now for a missing or undecodable file
+        return lambda: read_blocks(audio, sample_rate=SAMPLE_RATE, block_samples=block)
+    wave = prepare_waveform(audio, sample_rate or SAMPLE_RATE, min_seconds=0.0)
+    return lambda: (wave[i : i + block] for i in range(0, len(wave), block))
+
+
+def _scan(
+    vad: SileroVAD | None, reader: Callable[[], Iterator], source: str, progress: Progress | None
+) -> tuple[np.ndarray, int]:
+    """One pass over the recording: its length, checked samples, and the VAD's per-frame
+    speech probabilities (none without a VAD)."""
+    n_samples = 0
+
+    def checked() -> Iterator[np.ndarray]:
+        nonlocal n_samples
+        for block in reader():
+            if not np.isfinite(block).all():
+                raise AudioError(source, "audio contains NaN or infinite samples")
+            n_samples += len(block)
+            if progress is not None:
+                progress("speech", n_samples / SAMPLE_RATE)
+            yield block
+
+    try:
+        if vad is None:
+            probabilities = np.zeros(sum(0 for _ in checked()), np.float32)
+        else:
+            probabilities = vad.probabilities(checked())
+    except (RuntimeError, OSError) as error:  # libsndfile failing mid-file
+        raise AudioError(source, f"cannot decode audio ({error})") from error
+    if n_samples == 0:
+        raise AudioError(source, "empty audio (no samples)")
+    return probabilities, n_samples
+
+
+def _embed(
+    model: Speaker, blocks: Iterator[np.ndarray], spans: np.ndarray, options: DiarizeOptions
+) -> np.ndarray:
+    if options.embedding_pass == "shared":
+        if not isinstance(model.encoder, SpeakerModel):
+            raise ConfigError(
+                "embedding_pass 'shared' needs a trained lapsv model directory (its frontend "
+                f"and backend); {type(model.encoder).__name__} embeds windows alone: use "
+                "embedding_pass 'window'"
+            )
+        return shared_pass_embeddings(model.encoder, blocks, spans, batch_size=options.batch_size)
+    return window_embeddings(model, blocks, spans, batch_size=options.batch_size)
+
+
+def _cluster(
+    model: Speaker, embeddings: np.ndarray, windows: np.ndarray, options: DiarizeOptions
+) -> np.ndarray:
+    centred = center_and_normalize(embeddings, mean=model.scoring.mean)
+    count = options.count
+    if options.clustering == "spectral":
+        labels = spectral_clusters(centred, count, p=options.p)
+    elif options.threshold is not None:
+        labels = agglomerative_clusters(
+            cosine_affinity(centred), threshold=options.threshold, count=count
+        )
+    else:
+        labels = agglomerative_clusters(
+            _llr_matrix(model, embeddings, windows), threshold=0.0, count=count
+        )
+    if options.resegment and labels.max() > 0:
+        labels = centroid_resegmentation(centred, labels)
+    return labels
+
+
+def _llr_matrix(model: Speaker, embeddings: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(W, W) calibrated LLR of every window pair, through the one scoring path."""
+    state = model.scoring
+    if not state.calibrated:
+        raise ConfigError(
+            "clustering 'ahc' needs a threshold: give --threshold (a cosine), or use a model "
+            "calibrated with QMF (its LLR 0 is the threshold), or clustering 'spectral'"
+        )
+    n = len(embeddings)
+    rows, cols = np.triu_indices(n, k=1)
+    seconds = windows[:, 1] - windows[:, 0]
+    scores = score_pairs(
+        state, embeddings, embeddings, rows, cols, enroll_seconds=seconds, test_seconds=seconds
+    )
+    matrix = np.zeros((n, n))
+    matrix[rows, cols] = matrix[cols, rows] = scores.decision
+    np.fill_diagonal(matrix, np.max(scores.decision, initial=0.0))
+    return matrix
+
+
+def name_clusters(
+    model: Speaker,
+    speakers: SpeakerDB,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    windows: np.ndarray,
+    threshold: float | None,
+) -> dict[str, str]:
+    """SPEAKER_xx -> enrolled name of each cluster whose mean embedding is identified (the
+    identify path and its threshold); a name goes to its best-scoring cluster only."""
+    k = int(labels.max()) + 1
+    means = np.stack([embeddings[labels == c].mean(axis=0) for c in range(k)])
+    seconds = [float(np.sum(np.diff(windows[labels == c], axis=1))) for c in range(k)]
+    found = identify_embeddings(
+        speakers,
+        model,
+        means,
+        seconds,
+        [f"SPEAKER_{c:02d}" for c in range(k)],
+        top_k=1,
+        threshold=threshold,
+    )
+    best: dict[str, tuple[float, str]] = {}
+    for result in found:
+        if result.answer and result.answer != "unknown":
+            score = result.candidates[0].score
+            if result.answer not in best or score > best[result.answer][0]:
+                best[result.answer] = (score, result.source)
+    return {label: name for name, (_, label) in best.items()}

@@ -1,0 +1,140 @@
+"""Speech activity detection with Silero VAD (MIT), run with onnxruntime.
+
+The ONNX model ships inside the ``silero-vad`` wheel (``make install`` installs it); lapsv
+never downloads it. The model is a small recurrent network that reads 16 kHz audio in
+frames of 512 samples (32 ms), each with the last 64 samples of the frame before as
+context, and carries a (2, 1, 128) state from frame to frame. :class:`SileroVAD` streams
+blocks of any length through it, so a recording of any length is scored in bounded
+memory; the speech probabilities (one float per 32 ms) are then turned into regions by
+Silero's own post-processing (``get_speech_timestamps_from_probs``: hysteresis between
+``threshold`` and ``threshold - 0.15``, minimum speech and silence, padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from lapsv.errors import ConfigError, LapsvError
+
+SAMPLE_RATE = 16_000
+FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
+CONTEXT = 64  # samples of the previous frame fed with each frame
+MODEL_FILE = "silero_vad.onnx"
+
+
+class VADError(LapsvError, RuntimeError):
+    """The VAD model cannot be loaded; the message says how to install it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VADOptions:
+    """Silero VAD post-processing (its own defaults, in seconds).
+
+    threshold: speech probability above which a frame starts speech.
+    min_speech: speech regions shorter than this are dropped.
+    min_silence: silences shorter than this inside speech are bridged.
+    speech_pad: each region is widened by this on both sides.
+    """
+
+    threshold: float = 0.5
+    min_speech: float = 0.25
+    min_silence: float = 0.1
+    speech_pad: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"vad_threshold must lie in (0, 1), got {self.threshold}")
+        for name in ("min_speech", "min_silence", "speech_pad"):
+            if not getattr(self, name) >= 0.0:
+                raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+
+
+def _session():
+    import onnxruntime  # lapsv's export extra; imported here to keep `import lapsv` fast
+
+    threads = torch.get_num_threads()
+    try:
+        model = importlib.resources.files("silero_vad") / "data" / MODEL_FILE
+    except ModuleNotFoundError:
+        raise VADError(
+            "speech detection needs the silero-vad package (its ONNX model): "
+            "pip install silero-vad==6.2.3 (make install does)"
+        ) from None
+    finally:  # importing silero_vad sets torch to one thread for the whole process
+        torch.set_num_threads(threads)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # a 32 ms frame is too small to split across threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # the model's unused initialisers warn at load time
+    return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+class SileroVAD:
+    """Streaming Silero VAD: feed 16 kHz blocks, read back per-frame speech probabilities.
+
+    >>> vad = SileroVAD()
+    >>> vad.probabilities([np.zeros(16_000, np.float32)]).shape  # 1 s -> 32 frames
+    (32,)
+    """
+
+    def __init__(self) -> None:
+        self.session = _session()
+
+    def probabilities(self, blocks: Iterable[np.ndarray]) -> np.ndarray:
+        """(F,) speech probability of each 32 ms frame of the blocks joined end to end.
+
+        The last frame is zero-padded, as Silero's ``get_speech_timestamps`` pads it.
+        """
+        state = np.zeros((2, 1, 128), np.float32)
+        rate = np.array(SAMPLE_RATE, np.int64)
+        previous = np.zeros(CONTEXT, np.float32)
+        pending = np.zeros(0, np.float32)
+        out: list[float] = []
+        for block in blocks:
+            pending = np.concatenate([pending, np.asarray(block, np.float32)])
+            usable = len(pending) - len(pending) % FRAME
+            previous, state = self._frames(pending[:usable], previous, state, rate, out)
+            pending = pending[usable:]
+        if len(pending):
+            frame = np.zeros(FRAME, np.float32)
+            frame[: len(pending)] = pending
+            self._frames(frame, previous, state, rate, out)
+        return np.asarray(out, np.float32)
+
+    def _frames(self, samples, previous, state, rate, out):
+        for start in range(0, len(samples), FRAME):
+            frame = samples[start : start + FRAME]
+            x = np.concatenate([previous, frame])[None, :]
+            probability, state = self.session.run(None, {"input": x, "state": state, "sr": rate})
+            out.append(float(probability[0, 0]))
+            previous = frame[-CONTEXT:]
+        return previous, state
+
+
+def speech_regions(
+    probabilities: np.ndarray, n_samples: int, options: VADOptions = VADOptions()
+) -> np.ndarray:
+    """(R, 2) speech [start, end) seconds from per-frame probabilities (Silero's rules).
+
+    >>> speech_regions(np.r_[np.zeros(20), np.ones(40), np.zeros(20)], 80 * FRAME).round(2)
+    array([[0.61, 1.95]])
+    """
+    # Silero's own post-processing; imported here, as the optional package imports torch
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+    stamps = get_speech_timestamps_from_probs(
+        [float(p) for p in probabilities],
+        sampling_rate=SAMPLE_RATE,
+        threshold=options.threshold,
+        min_speech_duration_ms=round(options.min_speech * 1000),
+        min_silence_duration_ms=round(options.min_silence * 1000),
+        speech_pad_ms=round(options.speech_pad * 1000),
+        audio_length_samples=int(n_samples),
+    )
+    regions = np.array([[s["start"], s["end"]] for s in stamps], np.float64).reshape(-1, 2)
+    return regions / SAMPLE_RATE
