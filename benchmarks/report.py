@@ -566,5 +566,5 @@ def render(results_dir: Path) -> str:
     ]
     if not any(d["device"] == "cuda" for d in runs):
         header.append("\n**GPU: not measured** (no GPU was available for these runs).")
-    scale = render_scale(results_dir)  # issue 16: identification and extraction at scale
+    scale = render_scale(results_dir)  # issue 16: identification, extraction; 24: diarization
     return "\n\n".join(header + [render_section(d) for d in runs] + scale) + "\n"
