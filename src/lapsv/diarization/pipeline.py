@@ -163,10 +163,9 @@ def diarize(
     file_id = file_id or (Path(audio).stem if isinstance(audio, str | Path) else "audio")
     clock = _StageClock()
     reader = _reader(audio, sample_rate)
-    if speech is None:
-        vad = vad or SileroVAD()
-    probabilities, n_samples = _scan(vad if speech is None else None, reader, source, progress)
-    if speech is None:
+    vad = None if speech is not None else (vad or SileroVAD())  # oracle speech: no VAD
+    probabilities, n_samples = _scan(vad, reader, source, progress)
+    if vad is not None:
         regions = speech_regions(probabilities, n_samples, options.vad)
     else:
         regions = np.clip(np.asarray(speech, np.float64).reshape(-1, 2), 0, n_samples / SAMPLE_RATE)
@@ -176,7 +175,7 @@ def diarize(
         raise AudioError(
             source,
             f"no speech found (Silero VAD at threshold {options.vad.threshold}); "
-            "a lower --vad_threshold finds quieter speech",
+            "a lower VAD threshold (`vad_threshold`) finds quieter speech",
         )
     duration = n_samples / SAMPLE_RATE
     windows = window_spans(regions, window=options.window, hop=options.hop, duration=duration)
@@ -251,7 +250,9 @@ def _scan(
 
     try:
         if vad is None:
-            probabilities = np.zeros(sum(0 for _ in checked()), np.float32)
+            probabilities = np.zeros(0, np.float32)
+            for _ in checked():  # the length and the sample checks only
+                pass
         else:
             probabilities = vad.probabilities(checked())
     except (RuntimeError, OSError) as error:  # libsndfile failing mid-file

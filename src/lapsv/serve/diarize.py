@@ -12,8 +12,6 @@ from pathlib import PurePosixPath
 
 from lapsv.diarization import DiarizeOptions, SileroVAD
 
-VAD_FLAG = "--vad_threshold"  # how the library's "no speech" message names the fix
-
 
 def diarize_options(
     *,
@@ -46,11 +44,6 @@ def file_id_of(filename: str) -> str:
     ('meeting', 'audio', 'call.2')
     """
     return (PurePosixPath(filename).stem if filename else "") or "audio"
-
-
-def service_reason(reason: str) -> str:
-    """A library message about the audio, with the CLI flag it names as the form field."""
-    return reason.replace(VAD_FLAG, "`vad_threshold` (a form field)")
 
 
 class SharedVAD:

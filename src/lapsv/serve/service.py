@@ -43,7 +43,7 @@ from lapsv.identification import (
 from lapsv.inference import DEFAULT_MAX_SECONDS
 from lapsv.scoring.state import Verification, verify_embeddings
 from lapsv.serve.batching import EmbeddingBatcher
-from lapsv.serve.diarize import SharedVAD, diarize_options, file_id_of, service_reason
+from lapsv.serve.diarize import SharedVAD, diarize_options, file_id_of
 from lapsv.serve.limits import Limits
 from lapsv.serve.metrics import Metrics
 from lapsv.speaker import Speaker
@@ -294,7 +294,7 @@ class Service:
         try:
             result = await self.batcher.run(work)  # the model's one thread
         except AudioError as error:
-            raise ServiceError(422, f"{upload.field}: {service_reason(error.reason)}") from None
+            raise ServiceError(422, f"{upload.field}: {error.reason}") from None
         except ConfigError as error:
             raise ServiceError(422, f"{upload.field}: {error}") from None
         except VADError as error:
