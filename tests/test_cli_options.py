@@ -3,8 +3,11 @@ usage, never a traceback; and a fuzz test over every verb's options and paths.""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from lapsv.cli import main
 
 DATA = Path(__file__).resolve().parent / "data"
 A, B = str(DATA / "speaker_a_1.flac"), str(DATA / "speaker_a_2.flac")
+RAW_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # \t \n \r (tqdm) ok
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
@@ -87,12 +91,17 @@ def test_embed_rows_follow_the_inputs_and_new_folders_are_said(tmp_path, capsys)
 
 # --- fuzzing: random values and paths for every verb ------------------------------------
 # Each flag draws from values that work (listed first, repeated: about half the commands do
-# real work) and hostile ones (wrong type, out of range, unusable paths).
+# real work) and hostile ones (wrong type, out of range, unusable paths, speaker names that
+# break the rule). The database also holds names an older version let through: whatever
+# a command prints, no control character reaches the terminal raw.
 
 HOSTILE_NUMBERS = ["0", "-1", "1e309", "nan", "-inf", "abc", "", "99999999999"]
 HOSTILE_CHOICES = ["cuda", "cuda:7", "mps", "foo", "x"]
 HOSTILE_PATHS = ["{file}", "{file}/x", "{folder}", "{tmp}/p.txt", "/proc/x", "missing.wav"]
-HOSTILE = {"number": HOSTILE_NUMBERS, "choice": HOSTILE_CHOICES, "path": HOSTILE_PATHS}
+HOSTILE_NAMES = ["", " bob", "b" * 65, "b\x1b[31mob", "b\nob", "\x9b2J", "-b", "b\u202eob"]
+HOSTILE = {"number": HOSTILE_NUMBERS, "choice": HOSTILE_CHOICES, "path": HOSTILE_PATHS,
+           "name": HOSTILE_NAMES}  # fmt: skip
+LEGACY_NAMES = ["mal\x1b]0;owned\x07lory", "e" * 70 + "\x1b[2J"]  # stored by an older lapsv
 WORK_FILES = {"trials": "{tmp}/trials.txt", "db": "{tmp}/speakers.db"}
 VERBS = {  # verb: (fixed arguments, positional values, {flag: (kind, working values)})
     "embed": (["ge2e"], [[A, B, "{tmp}/clips"]], {
@@ -105,7 +114,7 @@ VERBS = {  # verb: (fixed arguments, positional values, {flag: (kind, working va
     "identify": (["ge2e"], [[A, B, "{tmp}/clips", "{tmp}/e.npz"]], {
         "--db": ("path", [WORK_FILES["db"]] * 3), "--top_k": ("number", ["1", "3"]),
         "--threshold": ("number", ["0.5"]), "--batch_size": ("number", ["1", "16"])}),
-    "enroll": (["ge2e"], [["bob", "carol", "", A], [A, B, "{tmp}/clips"]], {
+    "enroll": (["ge2e"], [("name", ["bob", "carol", "Zoë O'Neil", A]), [A, B, "{tmp}/clips"]], {
         "--db": ("path", ["{tmp}/speakers.db", "{tmp}/new.db"]),
         "--batch_size": ("number", ["2"]), "--max_seconds": ("number", ["1", "60"])}),
     "eval": (["ge2e"], [], {
@@ -137,29 +146,32 @@ REQUIRED = {"identify": ["--db"], "enroll": ["--db"], "eval": ["--trials", "--au
 
 @st.composite
 def command(draw):
-    """A verb with working values in every slot except zero to two hostile ones."""
+    """A verb with working values in every slot except zero to two hostile ones; a speaker
+    name is drawn from working and hostile names alike (the rule is what names test)."""
     verb = draw(st.sampled_from(sorted(VERBS)))
     fixed, positionals, flags = VERBS[verb]
     optional = sorted(set(flags) - set(REQUIRED.get(verb, [])))
     chosen = REQUIRED.get(verb, []) + (
         draw(st.lists(st.sampled_from(optional), unique=True, max_size=3)) if optional else []
     )
-    slots = [(None, "path", working) for working in positionals]
+    slots = [(None, *p) if isinstance(p, tuple) else (None, "path", p) for p in positionals]
     slots += [(flag, *flags[flag]) for flag in chosen]
     hostile = draw(st.sets(st.integers(0, len(slots) - 1), max_size=2)) if slots else set()
     argv = [verb, *fixed]
     for index, (flag, kind, working) in enumerate(slots):
-        value = draw(st.sampled_from(HOSTILE[kind] if index in hostile else working))
+        pool = HOSTILE[kind] if index in hostile else working
+        value = draw(st.sampled_from(working + HOSTILE_NAMES if kind == "name" else pool))
         argv += [value] if flag is None else [flag, value]
         if verb == "speakers" and value == "delete":
-            argv.append(draw(st.sampled_from(["alice", "nobody"])))
+            argv.append(draw(st.sampled_from(["alice", "nobody", *LEGACY_NAMES, *HOSTILE_NAMES])))
     return argv
 
 
 @pytest.fixture(scope="module")
 def fuzz_inputs(tmp_path_factory) -> Path:
     """Inputs that work, copied into every example's work folder: clips, a trial list, an
-    embeddings file with its trials, and a speaker database with alice enrolled."""
+    embeddings file with its trials, and a speaker database with alice enrolled and two
+    speakers named as an older version allowed (control characters, over 64 characters)."""
     inputs = tmp_path_factory.mktemp("fuzz_inputs")
     clips = inputs / "clips"
     clips.mkdir()
@@ -168,7 +180,13 @@ def fuzz_inputs(tmp_path_factory) -> Path:
     (inputs / "trials.txt").write_text(
         "1 speaker_a_1.flac speaker_a_2.flac\n0 speaker_a_1.flac speaker_b_1.flac\n"
     )
-    assert main(["enroll", "ge2e", "--db", str(inputs / "speakers.db"), "alice", A]) == 0
+    db = str(inputs / "speakers.db")
+    assert main(["enroll", "ge2e", "--db", db, "alice", A]) == 0
+    renamed = zip(["mallory", "eve"], [B, A], LEGACY_NAMES, strict=True)
+    for name, clip, legacy in renamed:
+        assert main(["enroll", "ge2e", "--db", db, name, clip]) == 0
+        with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+            connection.execute("UPDATE speakers SET name = ? WHERE name = ?", (legacy, name))
     assert main(["embed", "ge2e", A, B, "--out", str(inputs / "e.npz")]) == 0
     (inputs / "e_trials.txt").write_text(f"1 {A} {B}\n")
     return inputs
@@ -186,6 +204,7 @@ def _fuzz(argv: list[str], tmp_path: Path, inputs: Path, capsys) -> int:
     before = sorted(os.listdir(tmp_path))
     code, printed = run(argv, capsys)
     assert "Traceback" not in printed, (argv, printed)
+    assert not RAW_CONTROLS.search(printed), (argv, printed)  # names are printed escaped
     assert code in (0, 1, 2), (argv, code, printed)
     assert sorted(os.listdir(tmp_path)) == before  # nothing written beside the work folder
     return code

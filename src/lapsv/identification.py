@@ -37,6 +37,7 @@ from lapsv.speakers import (
     SpeakerDBError,
     SpeakerModels,
     Utterance,
+    check_speaker_name,
     content_key,
 )
 from lapsv.speakers.index import SpeakerIndex
@@ -226,8 +227,10 @@ def enroll_files(
     """Embed audio files with ``model`` and enrol the good ones as ``name``.
 
     Returns the result (None when no file could be embedded) and the failures
-    ``(path, reason)``; the model is checked against the database before any embedding.
+    ``(path, reason)``; the name (:func:`~lapsv.speakers.check_speaker_name`) and the model
+    (against the database's) are checked before any embedding.
     """
+    name = check_speaker_name(name)
     db.check_model(model.model_id, model_name=model_name)
     items = [(str(p), str(p)) for p in paths]
     embedded = extract_embeddings(

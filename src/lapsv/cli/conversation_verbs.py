@@ -32,7 +32,7 @@ from lapsv.diarization.segments import Segment, speech_regions_of
 from lapsv.errors import AudioError, ConfigError
 from lapsv.files import atomic_write_text
 from lapsv.speaker import load_model
-from lapsv.speakers import SpeakerDB
+from lapsv.speakers import SpeakerDB, printable_name
 
 PROGRESS_SECONDS = 300.0  # recordings at least this long get a progress bar
 
@@ -218,7 +218,7 @@ def _diarize_one(model, path, stem, options, db, args, vad, speech) -> Diarizati
 
 
 def _summary(result: Diarization) -> str:
-    names = f" ({', '.join(result.speakers)})" if result.names else ""
+    names = f" ({', '.join(map(printable_name, result.speakers))})" if result.names else ""
     return (
         f"{result.file_id}: {len(result.speakers)} speaker(s){names}, "
         f"{result.speech_seconds:.1f} s of speech in {result.duration:.1f} s, "

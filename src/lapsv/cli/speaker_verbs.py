@@ -1,4 +1,9 @@
-"""CLI verbs of the speaker database: enroll, identify, speakers (list / delete)."""
+"""CLI verbs of the speaker database: enroll, identify, speakers (list / delete / import).
+
+A new speaker name is checked by the rule of every entry point
+(:func:`~lapsv.speakers.check_speaker_name`) before any work; every name printed goes
+through :func:`~lapsv.speakers.printable_name`, so a name stored by an older version
+cannot send control characters to the terminal."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from lapsv.identification import (
 )
 from lapsv.scoring.trials import read_enrollment_map
 from lapsv.speaker import load_model
-from lapsv.speakers import SpeakerDB
+from lapsv.speakers import SpeakerDB, SpeakerNameError, check_speaker_name, printable_name
 
 
 def _audio_paths(inputs: list[str]) -> list[str]:
@@ -29,11 +34,12 @@ def _audio_paths(inputs: list[str]) -> list[str]:
 def cmd_enroll(args: argparse.Namespace) -> int:
     if Path(args.name).suffix.lower() in AUDIO_SUFFIXES and Path(args.name).is_file():
         print(
-            f"error: {args.name} is an audio file; the speaker's NAME comes first: "
-            "lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...",
+            f"error: {printable_name(args.name)} is an audio file; the speaker's NAME comes "
+            "first: lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...",
             file=sys.stderr,
         )
         return 2
+    name = check_speaker_name(args.name)  # exit 2 before any work
     paths = _audio_paths(args.audio)
     prepare_output(args.db, what="speaker database")  # before any work
     model = load_model(args.model, device=args.device, trust_pickle=args.trust_pickle)
@@ -41,7 +47,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         result, failures = enroll_files(
             db,
             model,
-            args.name,
+            name,
             paths,
             model_name=str(args.model),
             replace=args.replace,
@@ -51,7 +57,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         )
     if result is None:
         print(
-            f"error: no recording of {args.name} could be embedded: nothing enrolled",
+            f"error: no recording of {name} could be embedded: nothing enrolled",
             file=sys.stderr,
         )
         report_failures(failures)
@@ -59,15 +65,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     what = "enrolled new speaker" if result.new_speaker else "updated speaker"
     removed = f", {result.removed} removed" if args.replace else ""
     print(
-        f"{what} {result.name}: {result.added} recording(s) added, {result.updated} "
-        f"updated{removed}; {result.total} in total ({result.seconds:.1f} s) in {args.db} "
-        f"[model {model.model_id}]"
+        f"{what} {printable_name(result.name)}: {result.added} recording(s) added, "
+        f"{result.updated} updated{removed}; {result.total} in total ({result.seconds:.1f} s) "
+        f"in {args.db} [model {model.model_id}]"
     )
     return report_failures(failures)
 
 
 def _format_candidate(rank: int, candidate, score_name: str) -> str:
-    parts = [f"{rank:>4}. {candidate.name:<24} {score_name} {candidate.score:+8.3f}"]
+    parts = [
+        f"{rank:>4}. {printable_name(candidate.name):<24} {score_name} {candidate.score:+8.3f}"
+    ]
     if score_name != "cosine":
         parts.append(f"cosine {candidate.cosine:+.3f}")
     if candidate.asnorm is not None and score_name != "AS-norm":
@@ -126,13 +134,14 @@ def _identify(
 def _verdict(answer: Identification) -> str:
     if not answer.candidates:  # every speaker was deleted while the search ran
         return "unknown (no speaker enrolled)"
-    best = answer.candidates[0]
+    best = printable_name(answer.candidates[0].name)
     if answer.answer is None:
-        return f"best match {best.name} (no threshold: no decision)"
+        return f"best match {best} (no threshold: no decision)"
     known = answer.answer != "unknown"
+    score = answer.candidates[0].score
     return (
-        f"{answer.answer} ({'' if known else f'best {best.name}: '}"
-        f"{answer.score_name} {best.score:+.3f} {'>=' if known else '<'} threshold "
+        f"{printable_name(answer.answer)} ({'' if known else f'best {best}: '}"
+        f"{answer.score_name} {score:+.3f} {'>=' if known else '<'} threshold "
         f"{answer.threshold:+.3f}, {answer.threshold_source})"
     )
 
@@ -145,13 +154,13 @@ def cmd_speakers(args: argparse.Namespace) -> int:
         return _import_speakers(args)
     with SpeakerDB(args.db) as db:
         if args.speakers_verb == "delete":
-            unknown = sorted(set(args.names) - {s.name for s in db.speakers()})
+            unknown = [printable_name(n) for n in args.names if db.speaker_id(n) is None]
             if unknown:
                 print(f"error: {args.db} has no speaker {', '.join(unknown)}", file=sys.stderr)
                 return 2
-            for name in args.names:
+            for name in dict.fromkeys(args.names):
                 count = db.delete(name)
-                print(f"deleted {name} ({count} recording(s)) from {args.db}")
+                print(f"deleted {printable_name(name)} ({count} recording(s)) from {args.db}")
             return 0
         speakers = db.speakers()
         meta = db.meta()
@@ -163,8 +172,8 @@ def cmd_speakers(args: argparse.Namespace) -> int:
             print(f"  {'name':<24} {'recordings':>10} {'seconds':>9}  updated (UTC)")
         for speaker in speakers:
             print(
-                f"  {speaker.name:<24} {speaker.utterances:>10} {speaker.seconds:>9.1f}  "
-                f"{speaker.updated}"
+                f"  {printable_name(speaker.name):<24} {speaker.utterances:>10} "
+                f"{speaker.seconds:>9.1f}  {speaker.updated}"
             )
             if args.utterances:
                 for utterance in sorted(db.utterances(speaker.name), key=lambda u: u.source):
@@ -178,6 +187,10 @@ def _import_speakers(args: argparse.Namespace) -> int:
     model = None
     if args.model is not None:
         model = load_model(args.model, trust_pickle=args.trust_pickle)
+    if Path(args.db).is_file():  # embeddings of another model: the first thing to fix
+        with SpeakerDB(args.db) as db:
+            db.check_model(model_id)
+    _check_import_names(args, embeddings.ids if speakers is None else list(speakers))
     prepare_output(args.db, what="speaker database")
     with SpeakerDB(args.db, create=True) as db:
         new, updated = import_embeddings(
@@ -194,3 +207,22 @@ def _import_speakers(args: argparse.Namespace) -> int:
         f"{updated} updated; {total} in total [model {model_id}]"
     )
     return 0
+
+
+def _check_import_names(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse the whole import, before anything is written, at its first speaker name the
+    rule refuses: the ``--spk2utt`` line naming it, or the embedding id taken as a name."""
+    fix = (
+        "without --spk2utt each embedding is a speaker named by its id: name the speakers "
+        "with --spk2utt (lines 'NAME utt1 utt2 ...')"
+    )
+    for name in names:
+        if args.spk2utt is None:
+            check_speaker_name(name, where=f"{args.embeddings}: ", fix=fix)
+            continue
+        try:
+            check_speaker_name(name)
+        except SpeakerNameError:
+            lines = Path(args.spk2utt).read_text(errors="replace").splitlines()
+            number = next((i for i, line in enumerate(lines, 1) if line.split()[:1] == [name]), "?")
+            check_speaker_name(name, where=f"{args.spk2utt}:{number}: ")

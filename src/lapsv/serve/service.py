@@ -9,8 +9,9 @@ identify`` prints; verifying against a name reads that name's row of it). A conv
 diarized by :func:`~lapsv.diarization.diarize` (what ``lapsv diarize`` runs). An upload is
 written to a private temporary file (mode 0600, in a 0700 folder of this process), decoded
 by :func:`~lapsv.audio.load_audio` and deleted at once; the client's file name is only ever
-shown, never used as a path. Speaker names are checked here and reach SQLite only as
-parameters (:class:`~lapsv.speakers.SpeakerDB`).
+shown, never used as a path. Speaker names are checked by the rule every entry point uses
+(:func:`~lapsv.speakers.check_speaker_name`) and reach SQLite only as parameters
+(:class:`~lapsv.speakers.SpeakerDB`).
 """
 
 from __future__ import annotations
@@ -47,11 +48,16 @@ from lapsv.serve.diarize import SharedVAD, diarize_options, file_id_of
 from lapsv.serve.limits import Limits
 from lapsv.serve.metrics import Metrics
 from lapsv.speaker import Speaker
-from lapsv.speakers import SpeakerDB, SpeakerDBError, Utterance, content_key
+from lapsv.speakers import (
+    SpeakerDB,
+    SpeakerDBError,
+    SpeakerNameError,
+    Utterance,
+    content_key,
+)
+from lapsv.speakers import check_speaker_name as check_name
 from lapsv.speakers.index import SpeakerIndex
 
-NAME_MAX = 64
-NAME_PUNCTUATION = " ._'-"
 MAX_TOP_K = 100
 
 
@@ -83,8 +89,8 @@ class _Decoded:
 
 
 def check_speaker_name(name: str) -> str:
-    """``name`` if it is a valid speaker name (1-64 letters, digits, spaces or . _ ' -,
-    starting with a letter or digit, no surrounding spaces), else ServiceError 422.
+    """``name`` in NFC if the rule of every entry point accepts it
+    (:func:`lapsv.speakers.check_speaker_name`), else ServiceError 422 with its message.
 
     >>> check_speaker_name("Ana María")
     'Ana María'
@@ -92,20 +98,10 @@ def check_speaker_name(name: str) -> str:
     Traceback (most recent call last):
     lapsv.serve.service.ServiceError: bad speaker name "x'; DROP TABLE speakers; --": 1-64 ...
     """
-    ok = (
-        0 < len(name) <= NAME_MAX
-        and name[0].isalnum()
-        and name == name.strip()
-        and all(c.isalnum() or c in NAME_PUNCTUATION for c in name)
-    )
-    if not ok:
-        shown = name if len(name) <= 40 else name[:40] + "..."
-        raise ServiceError(
-            422,
-            f"bad speaker name {shown!r}: 1-{NAME_MAX} letters, digits, spaces or . _ ' -, "
-            "starting with a letter or digit",
-        )
-    return name
+    try:
+        return check_name(name)
+    except SpeakerNameError as error:
+        raise ServiceError(422, str(error)) from None
 
 
 def display_name(filename: str | None, fallback: str) -> str:

@@ -7,7 +7,9 @@ The file (``lapsv enroll MODEL --db SPEAKERS.db NAME AUDIO...``) holds (schema:
   it holds (:attr:`~lapsv.speaker.Speaker.model_id`, the content hash of the weights).
   Embeddings of another model are refused: they live in another space and would score as
   noise.
-* ``speakers``: one row per name, with creation and update times.
+* ``speakers``: one row per name, with creation and update times. A new name must follow
+  the rule of :func:`~lapsv.speakers.names.check_speaker_name` and is stored in NFC; names
+  stored by older versions are kept as they are (lookups try the name as given, then NFC).
 * ``utterances``: every enrolment recording of a speaker, keyed by the SHA-256 of its
   content, with its source, duration and raw embedding (E float32 little-endian, a BLOB).
 * ``models``: each speaker's model, updated in the transaction that changes the speaker:
@@ -40,6 +42,7 @@ from typing import TypeVar
 import numpy as np
 
 from lapsv.speakers import writes
+from lapsv.speakers.names import check_speaker_name
 from lapsv.speakers.records import (
     CohortStatistics,
     EnrollResult,
@@ -256,11 +259,10 @@ class SpeakerDB:
         Utterances already stored for ``name`` (same key) are replaced, new ones added;
         ``replace`` removes every previous utterance of ``name`` first. The speaker's model
         (and, with ``stats``, its AS-norm cohort statistics) is updated in the same
-        transaction.
+        transaction. A name the rule refuses is a
+        :class:`~lapsv.speakers.names.SpeakerNameError`, before any write.
         """
-        name = name.strip()
-        if not name:
-            raise SpeakerDBError("a speaker needs a non-empty name")
+        name = check_speaker_name(name)
         unique, dim = writes.check_embeddings(name, utterances)
         with self._write() as write:
             writes.claim_model(write, self.path, model_id, model_name, dim)
@@ -280,12 +282,18 @@ class SpeakerDB:
         stats: CohortStatistics | None = None,
     ) -> tuple[int, int]:
         """Enrol many speakers (name -> utterances) in one transaction: new names in bulk,
-        existing ones as :meth:`enroll` does. Returns (new speakers, updated speakers)."""
+        existing ones as :meth:`enroll` does. Returns (new speakers, updated speakers).
+        Every name is checked (:func:`~lapsv.speakers.names.check_speaker_name`) before
+        anything is written: one refused name refuses the import."""
         checked = {}
-        for name, utterances in groups.items():
-            if not name.strip():
-                raise SpeakerDBError("a speaker needs a non-empty name")
-            checked[name.strip()] = writes.check_embeddings(name, utterances)
+        for given, utterances in groups.items():
+            name = check_speaker_name(given)
+            if name in checked:
+                raise SpeakerDBError(
+                    f"speaker {name!r} is named twice (in different Unicode "
+                    "forms of the same name): list each speaker once"
+                )
+            checked[name] = writes.check_embeddings(name, utterances)
         dims = {dim for _, dim in checked.values()}
         if len(dims) != 1:
             raise SpeakerDBError(f"embeddings of sizes {sorted(dims)} in one import")
@@ -330,9 +338,7 @@ class SpeakerDB:
 
     def speaker_id(self, name: str) -> int | None:
         """The row id of speaker ``name`` (for :meth:`models`), None when not enrolled."""
-        row = self._connection.execute("SELECT id FROM speakers WHERE name = ?", (name,))
-        found = row.fetchone()
-        return None if found is None else int(found[0])
+        return writes.find_speaker(self._connection, name)
 
     def speakers(self) -> list[SpeakerInfo]:
         """Every speaker, by name."""
@@ -347,9 +353,9 @@ class SpeakerDB:
         dim = self.embed_dim or 0
         with self.read() as read:
             rows = read.execute(
-                "SELECT u.key, u.source, u.seconds, u.embedding FROM utterances u "
-                "JOIN speakers s ON s.id = u.speaker_id WHERE s.name = ? ORDER BY u.key",
-                (name,),
+                "SELECT key, source, seconds, embedding FROM utterances "
+                "WHERE speaker_id = ? ORDER BY key",
+                (writes.find_speaker(read, name),),
             ).fetchall()
         if not rows:
             return []

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lapsv.scoring.norm import average_models, group_means, length_normalize
+from lapsv.speakers.names import normal_name
 from lapsv.speakers.records import CohortStatistics, EnrollResult, SpeakerDBError, Utterance
 from lapsv.speakers.schema import from_blobs, to_blob
 
@@ -29,6 +30,16 @@ def next_generation(write: sqlite3.Connection) -> int:
     """Count this transaction as one more change of the database; returns its number."""
     write.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
     return int(write.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+
+def find_speaker(connection: sqlite3.Connection, name: str) -> int | None:
+    """The row id of speaker ``name``, None when absent: the name as stored (an older
+    version may have stored any string) or, failing that, in NFC (how names are stored)."""
+    for form in dict.fromkeys((name, normal_name(name))):
+        row = connection.execute("SELECT id FROM speakers WHERE name = ?", (form,)).fetchone()
+        if row is not None:
+            return int(row[0])
+    return None
 
 
 def check_embeddings(name: str, utterances: Sequence[Utterance]) -> tuple[list[Utterance], int]:
@@ -101,8 +112,9 @@ def enroll_speaker(
     replace: bool,
     now: str,
 ) -> tuple[EnrollResult, int]:
-    """Add (or update) ``unique`` utterances of ``name``; returns the result and its id.
-    The caller updates the speaker's model (:func:`update_models`)."""
+    """Add (or update) ``unique`` utterances of ``name`` (already checked by
+    :func:`~lapsv.speakers.names.check_speaker_name`); returns the result and its id. The
+    caller updates the speaker's model (:func:`update_models`)."""
     row = write.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
     new_speaker = row is None
     if new_speaker:
@@ -204,15 +216,15 @@ def write_models(
 
 def delete_speaker(write: sqlite3.Connection, path: Path, name: str, generation: int) -> int:
     """Remove ``name`` (its utterances and model go with it); returns its utterance count."""
-    row = write.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
-    if row is None:
+    speaker_id = find_speaker(write, name)
+    if speaker_id is None:
         raise SpeakerDBError(f"{path}: no speaker named {name!r}")
-    count = write.execute("DELETE FROM utterances WHERE speaker_id = ?", (row[0],)).rowcount
-    write.execute("DELETE FROM models WHERE speaker_id = ?", (row[0],))
-    write.execute("DELETE FROM speakers WHERE id = ?", (row[0],))
+    count = write.execute("DELETE FROM utterances WHERE speaker_id = ?", (speaker_id,)).rowcount
+    write.execute("DELETE FROM models WHERE speaker_id = ?", (speaker_id,))
+    write.execute("DELETE FROM speakers WHERE id = ?", (speaker_id,))
     write.execute(
         "INSERT OR REPLACE INTO removed (speaker_id, generation) VALUES (?, ?)",
-        (row[0], generation),
+        (speaker_id, generation),
     )
     return count
 
@@ -226,7 +238,9 @@ def import_new_speakers(
     generation: int,
     stats: CohortStatistics | None,
 ) -> None:
-    """Insert speakers that do not exist yet, with their utterances and models, in bulk."""
+    """Insert speakers that do not exist yet (names already checked by
+    :func:`~lapsv.speakers.names.check_speaker_name`), with their utterances and models, in
+    bulk."""
     names = list(groups)
     first = write.execute("SELECT COALESCE(MAX(id), 0) FROM speakers").fetchone()[0] + 1
     write.executemany(
