@@ -34,6 +34,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	# the documentation site (docs/, mkdocs.yml): --strict fails on a broken link or anchor, a
+	# page missing from the nav or an absolute link; its log is shown only when it fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site 2> $(VENV)/mkdocs.log \
+		|| { cat $(VENV)/mkdocs.log; exit 1; }
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

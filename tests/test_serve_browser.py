@@ -5,7 +5,7 @@ two-speaker conversation to "Who spoke when" -> a timeline of two speakers.
 Slow (``make test-slow``). It needs a Chromium binary: ``$LAPSV_CHROMIUM``, else
 ``chromium`` / ``chromium-headless-shell`` on the PATH, else Debian's
 ``/usr/lib/chromium/chromium-headless-shell``. A binary unpacked from Debian packages with
-``dpkg-deb -x`` into a folder (see README, Serving) finds its libraries in that folder's
+``dpkg-deb -x`` into a folder (see docs/serving.md) finds its libraries in that folder's
 ``usr/lib/x86_64-linux-gnu``. Chromium is driven over its DevTools protocol on a pipe
 (``--remote-debugging-pipe``): no port, no download. ``LAPSV_SCREENSHOT=PATH`` also saves
 the page's screenshot there (docs/serve_page.png was made so).
@@ -258,7 +258,7 @@ def test_the_page_records_enrols_and_verifies_in_chromium(tmp_path):
     if binary is None or not binary.exists():
         pytest.skip(
             "no Chromium binary: set LAPSV_CHROMIUM, or install Debian's chromium-headless-shell "
-            "(README, Serving)"
+            "(docs/serving.md)"
         )
     clips = {clip: wav_of(clip, tmp_path) for clip in ("speaker_a_1.flac", "speaker_a_2.flac")}
     clips["speaker_b_1.flac"] = wav_of("speaker_b_1.flac", tmp_path)

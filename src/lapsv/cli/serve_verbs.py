@@ -297,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _loopback(args.host):
         print(
             f"warning: listening on {args.host}, reachable from other machines, without TLS: "
-            "put a TLS reverse proxy in front (README, Serving)",
+            "put a TLS reverse proxy in front (docs/serving.md)",
             file=sys.stderr,
         )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)

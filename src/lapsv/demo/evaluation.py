@@ -91,7 +91,7 @@ def evaluate_side(
         calibrate="qmf",
         top_n=100,
     )
-    calibrated.state.save(models[first]["lap_astp"])  # for the README's verify / identify
+    calibrated.state.save(models[first]["lap_astp"])  # for docs/cli.md's verify / identify
     table["LAP + ASTP + AS-norm + QMF"] = calibrated.metrics
     return SideResults(table, seeds, det)
 
