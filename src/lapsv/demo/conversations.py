@@ -25,10 +25,11 @@ Rules of one conversation (its random generators derive from ``(seed, index)`` o
   utterances) and overruns it by less than one silence and one utterance (unless the
   first turns, one per speaker, are already longer than the target);
 * a reference segment is a stretch of a turn's speech: the 10 ms frames of the utterance
-  whose energy is less than :data:`TRIM_DB` dB below its loudest frame, with pauses
-  shorter than :data:`MIN_PAUSE` bridged (see :func:`speech_runs`): a pause inside a turn
-  (the corpus joins short clips with 0.25 s of silence) is not speech; the mix holds the
-  whole, untrimmed utterance;
+  at least halfway (in dB) from its noise floor up to its loudest frame, and never more
+  than :data:`TRIM_DB` dB below that frame, with pauses shorter than :data:`MIN_PAUSE`
+  bridged (see :func:`speech_runs`): a pause inside a turn (the corpus joins short clips
+  with 0.25 s of silence) is not speech, nor is a recording's steady hum around a short
+  word; the mix holds the whole, untrimmed utterance;
 * the mix is scaled to a peak of :data:`PEAK`, so it never clips.
 """
 
@@ -52,7 +53,7 @@ from lapsv.diarization.segments import Segment
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
 
-FORMAT = 2  # version of the layout and rules; part of the settings in the marker
+FORMAT = 3  # version of the layout and rules; part of the settings in the marker
 SILENCE = (0.1, 1.5)  # seconds between the speech of two turns
 OVERLAP = (0.2, 1.0)  # seconds of overlap at an overlapping speaker change
 OVERLAP_CHANCE = 0.1  # share of the speaker changes that overlap
@@ -61,7 +62,9 @@ SNR_DB = (5.0, 20.0)
 REVERB_CHANCE = 1 / 3
 BABBLE_TALKERS = (3, 7)
 NOISE_KINDS = {"music": "music", "noise": "noise", "babble": "speech"}  # kind -> MUSAN folder
-TRIM_DB = 40.0
+TRIM_DB = 40.0  # speech is never quieter than this below the loudest frame
+FLOOR_PERCENTILE = 10  # the noise floor: this percentile of the non-silent frames' power
+QUIET_FLOOR_DB = -20.0  # a floor louder than this is speech itself (an item without pauses)
 MIN_PAUSE = 0.2  # seconds: shorter pauses inside a turn stay in its reference segment
 FRAME = SAMPLE_RATE // 100  # 10 ms
 PEAK = 0.9
@@ -134,22 +137,37 @@ def speech_runs(
 ) -> list[tuple[int, int]]:
     """[start, end) samples of each stretch of speech in ``wave`` (N,).
 
-    The wave is cut into 10 ms frames; frames whose mean power is ``floor_db`` dB or
-    more below the loudest frame's are silence; silences shorter than ``min_pause``
-    seconds between two loud frames are bridged.
+    The wave is cut into 10 ms frames. The noise floor is the
+    :data:`FLOOR_PERCENTILE`-th percentile of the frames' power (digital silence left out);
+    a frame is speech when its power is at least halfway, in dB, from that floor up to
+    the loudest frame, and at most ``floor_db`` dB below it. A floor within
+    :data:`QUIET_FLOOR_DB` of the peak is the speech itself (an item without pauses), and
+    then only ``floor_db`` applies. So a letter spoken over a
+    recording's steady hum 24 dB down is the letter, not the whole clip (the rule before
+    FORMAT 3 kept every frame within 40 dB of the peak). Silences shorter than
+    ``min_pause`` seconds between two speech frames are bridged.
 
     >>> wave = np.concatenate([np.zeros(800), np.ones(1600), np.zeros(4800), np.ones(800)])
     >>> speech_runs(wave)
     [(800, 2400), (7200, 8000)]
+    >>> hum = np.full(8000, 0.06)  # a steady hum 24 dB below a 0.1 s word
+    >>> hum[3200:4800] = 1.0
+    >>> speech_runs(hum)
+    [(3200, 4800)]
     """
     if len(wave) == 0:
         return [(0, 0)]
     padded = np.zeros(-(-len(wave) // FRAME) * FRAME)
     padded[: len(wave)] = wave
     power = np.mean(np.square(padded.reshape(-1, FRAME)), axis=1)
-    loud = np.flatnonzero(power > power.max() * 10.0 ** (-floor_db / 10.0))
-    if len(loud) == 0:  # all zeros
+    peak = power.max()
+    if peak == 0:  # all zeros
         return [(0, len(wave))]
+    with np.errstate(divide="ignore"):
+        level = 10.0 * np.log10(power / peak)  # dB below the loudest frame; -inf: zeros
+    floor = np.percentile(level[level > -100.0], FLOOR_PERCENTILE)
+    threshold = max(-floor_db, floor / 2) if floor <= QUIET_FLOOR_DB else -floor_db
+    loud = np.flatnonzero(level >= threshold)
     pause_frames = round(min_pause * SAMPLE_RATE / FRAME)
     breaks = np.flatnonzero(np.diff(loud) > pause_frames)
     starts = np.r_[loud[0], loud[breaks + 1]]

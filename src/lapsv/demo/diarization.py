@@ -11,6 +11,7 @@ function of ``lapsv diarize``; its hypothesis RTTM and scores are kept, so a rer
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -79,9 +80,15 @@ def run_set(
     oracle: bool,
     vad: SileroVAD,
 ) -> dict[str, Any]:
-    """Diarize every conversation of the set (or read the kept result): DER / JER at the
-    standard collars, exact speaker counts, run time; the hypothesis RTTM beside it."""
-    settings = {"options": repr(options), "oracle": oracle, "model": model.model_id}
+    """Diarize every conversation of the set (or read the kept result, when the options, the
+    model and the reference are the same): DER / JER at the standard collars, exact
+    speaker counts, run time; the hypothesis RTTM beside it."""
+    settings = {
+        "options": repr(options),
+        "oracle": oracle,
+        "model": model.model_id,
+        "reference": hashlib.sha256(conversations.reference.read_bytes()).hexdigest(),
+    }
     if (out / RESULT).is_file():
         kept = json.loads((out / RESULT).read_text())
         if kept.get("settings") == settings:
