@@ -31,7 +31,7 @@ from lapsv.diarization.clustering import (
 )
 from lapsv.diarization.embedding import cut_windows, shared_pass_embeddings, window_embeddings
 from lapsv.diarization.pipeline import DiarizeOptions
-from lapsv.diarization.vad import speech_regions
+from lapsv.diarization.vad import VADOptions, speech_regions
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
 from test_serve_diarize import write_conversation
@@ -199,6 +199,24 @@ def test_vad_finds_nothing_in_silence_and_the_speech_of_a_clip(vad):
     speech = float(np.sum(regions[:, 1] - regions[:, 0]))
     assert regions[0, 0] >= 0.9 and regions[-1, 1] <= 1.1 + len(wave) / 16_000
     assert speech >= 0.7 * len(wave) / 16_000
+
+
+def test_the_energy_gate_drops_a_quiet_background_voice(vad):
+    """Speaker A, then speaker B 30 dB quieter (a voice in the background): Silero calls
+    both speech; the 15 dB gate keeps A's speech only."""
+    loud, quiet = load_audio(DATA / "speaker_a_1.flac"), load_audio(DATA / "speaker_b_1.flac")
+    wave = np.concatenate([loud, np.zeros(8_000, np.float32), 0.03 * quiet])
+    probabilities, levels = vad.scan([wave[i : i + 7_000] for i in range(0, len(wave), 7_000)])
+    assert np.array_equal(probabilities, vad.probabilities([wave])) and len(levels) == len(
+        probabilities
+    )
+    ungated = speech_regions(probabilities, len(wave), VADOptions(), levels)
+    gated = speech_regions(probabilities, len(wave), VADOptions(energy_gate=15.0), levels)
+    quiet_start = (len(loud) + 8_000) / 16_000
+    assert ungated[-1, 1] > quiet_start + 1.0  # the background voice is found without a gate
+    assert gated[-1, 1] < quiet_start and gated[0, 0] < 0.5  # and dropped with it
+    with pytest.raises(ConfigError, match="energy_gate"):
+        VADOptions(energy_gate=0.0)
 
 
 # --- the pipeline -----------------------------------------------------------------------------

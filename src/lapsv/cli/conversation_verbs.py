@@ -119,7 +119,7 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
         default=vad.threshold,
         help="Silero VAD speech probability threshold",
     )
-    for name in ("min_speech", "min_silence"):
+    for name in ("min_speech", "min_silence", "speech_pad"):
         options.flag(
             parser,
             name,
@@ -127,6 +127,14 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
             default=getattr(vad, name),
             help=f"VAD {name.replace('_', ' ')} (seconds)",
         )
+    options.flag(
+        parser,
+        "energy_gate",
+        type=options.at_least(0.0),
+        default=vad.energy_gate or 0.0,
+        help="frames this many dB quieter than the recording's loud speech are not speech "
+        "(background voices, noise); 0: no gate",
+    )
 
 
 def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
@@ -135,6 +143,8 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         threshold=args.vad_threshold,
         min_speech=args.min_speech,
         min_silence=args.min_silence,
+        speech_pad=args.speech_pad,
+        energy_gate=args.energy_gate or None,
     )
     return DiarizeOptions(
         num_speakers=args.num_speakers,

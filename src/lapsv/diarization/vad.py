@@ -8,6 +8,14 @@ blocks of any length through it, so a recording of any length is scored in bound
 memory; the speech probabilities (one float per 32 ms) are then turned into regions by
 Silero's own post-processing (``get_speech_timestamps_from_probs``: hysteresis between
 ``threshold`` and ``threshold - 0.15``, minimum speech and silence, padding).
+
+Silero calls any voice speech, a quiet voice in the background too (babble, a television,
+a game's sound effects). The optional energy gate takes back the frames that are much
+quieter than the recording's own loud speech (the 95th percentile level of the frames it
+calls speech) before the post-processing. On the demo's validation conversations (noise,
+babble and music at 5-20 dB SNR, collar ±0.25 s) a 15 dB gate cut missed + false-alarm
+speech from 45.2 % (minimum silence 0.5 s, no gate) to 18.2 % (0.1 s padding); the best
+setting without a gate found there reached 29.0 %.
 """
 
 from __future__ import annotations
@@ -39,12 +47,15 @@ class VADOptions:
     min_speech: speech regions shorter than this are dropped.
     min_silence: silences shorter than this inside speech are bridged.
     speech_pad: each region is widened by this on both sides.
+    energy_gate: frames more than this many dB quieter than the recording's loud speech
+        are not speech (None: no gate).
     """
 
     threshold: float = 0.5
     min_speech: float = 0.25
     min_silence: float = 0.1
     speech_pad: float = 0.03
+    energy_gate: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -52,6 +63,8 @@ class VADOptions:
         for name in ("min_speech", "min_silence", "speech_pad"):
             if not getattr(self, name) >= 0.0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+        if self.energy_gate is not None and not self.energy_gate > 0.0:
+            raise ConfigError(f"energy_gate must be > 0 dB (or none), got {self.energy_gate}")
 
 
 def _session():
@@ -90,21 +103,29 @@ class SileroVAD:
 
         The last frame is zero-padded, as Silero's ``get_speech_timestamps`` pads it.
         """
+        return self.scan(blocks)[0]
+
+    def scan(self, blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(F,) speech probabilities and (F,) levels (dB, mean square) of the 32 ms frames
+        of the blocks joined end to end, in one pass."""
         state = np.zeros((2, 1, 128), np.float32)
         rate = np.array(SAMPLE_RATE, np.int64)
         previous = np.zeros(CONTEXT, np.float32)
         pending = np.zeros(0, np.float32)
         out: list[float] = []
+        levels: list[np.ndarray] = []
         for block in blocks:
             pending = np.concatenate([pending, np.asarray(block, np.float32)])
             usable = len(pending) - len(pending) % FRAME
             previous, state = self._frames(pending[:usable], previous, state, rate, out)
+            levels.append(frame_levels(pending[:usable]))
             pending = pending[usable:]
         if len(pending):
             frame = np.zeros(FRAME, np.float32)
             frame[: len(pending)] = pending
             self._frames(frame, previous, state, rate, out)
-        return np.asarray(out, np.float32)
+            levels.append(frame_levels(frame))
+        return np.asarray(out, np.float32), np.concatenate([np.zeros(0), *levels])
 
     def _frames(self, samples, previous, state, rate, out):
         for start in range(0, len(samples), FRAME):
@@ -116,10 +137,38 @@ class SileroVAD:
         return previous, state
 
 
-def speech_regions(
-    probabilities: np.ndarray, n_samples: int, options: VADOptions = VADOptions()
+def frame_levels(samples: np.ndarray) -> np.ndarray:
+    """(N,) samples, N a multiple of 512 -> (N / 512,) frame levels in dB (mean square)."""
+    frames = np.asarray(samples, np.float64).reshape(-1, FRAME)
+    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+
+
+def gate_quiet_frames(
+    probabilities: np.ndarray, levels: np.ndarray, options: VADOptions
 ) -> np.ndarray:
-    """(R, 2) speech [start, end) seconds from per-frame probabilities (Silero's rules).
+    """The probabilities with the frames more than ``options.energy_gate`` dB below the
+    recording's loud speech (the 95th percentile level of its frames above the threshold)
+    set to 0; unchanged without a gate or without such frames.
+
+    >>> p, levels = np.array([0.9, 0.9, 0.9, 0.1]), np.array([-20.0, -22.0, -50.0, -20.0])
+    >>> gate_quiet_frames(p, levels, VADOptions(energy_gate=15.0)).tolist()
+    [0.9, 0.9, 0.0, 0.1]
+    """
+    speech = probabilities > options.threshold
+    if options.energy_gate is None or not speech.any():
+        return probabilities
+    loud = np.percentile(levels[speech], 95)
+    return np.where(levels < loud - options.energy_gate, 0.0, probabilities)
+
+
+def speech_regions(
+    probabilities: np.ndarray,
+    n_samples: int,
+    options: VADOptions = VADOptions(),
+    levels: np.ndarray | None = None,
+) -> np.ndarray:
+    """(R, 2) speech [start, end) seconds from per-frame probabilities (Silero's rules),
+    after the energy gate when ``options`` has one and the frame ``levels`` are given.
 
     >>> speech_regions(np.r_[np.zeros(20), np.ones(40), np.zeros(20)], 80 * FRAME).round(2)
     array([[0.61, 1.95]])
@@ -127,6 +176,8 @@ def speech_regions(
     # Silero's own post-processing; imported here, as the optional package imports torch
     from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
+    if levels is not None:
+        probabilities = gate_quiet_frames(probabilities, levels, options)
     stamps = get_speech_timestamps_from_probs(
         [float(p) for p in probabilities],
         sampling_rate=SAMPLE_RATE,
