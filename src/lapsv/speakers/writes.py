@@ -115,14 +115,13 @@ def enroll_speaker(
     """Add (or update) ``unique`` utterances of ``name`` (already checked by
     :func:`~lapsv.speakers.names.check_speaker_name`); returns the result and its id. The
     caller updates the speaker's model (:func:`update_models`)."""
-    row = write.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
-    new_speaker = row is None
+    speaker_id = find_speaker(write, name)
+    new_speaker = speaker_id is None
     if new_speaker:
         speaker_id = write.execute(
             "INSERT INTO speakers (name, created, updated) VALUES (?, ?, ?)", (name, now, now)
         ).lastrowid
     else:
-        speaker_id = row[0]
         write.execute("UPDATE speakers SET updated = ? WHERE id = ?", (now, speaker_id))
     previous = {
         key
