@@ -25,7 +25,7 @@ import pytest
 from lapsv.data.manifest import Manifest
 from lapsv.data.manifest import Utterance as ManifestUtterance
 from lapsv.diarization.embedding import cut_windows
-from lapsv.diarization.segments import windows_to_segments
+from lapsv.diarization.segments import Segment, windows_to_segments
 from lapsv.diarization.windows import window_spans
 from lapsv.distributed import assign_chunks, plan_chunks
 from lapsv.embeddings import EmbeddingSet
@@ -37,6 +37,8 @@ from lapsv.scoring.state import fit_scoring_state
 from lapsv.scoring.trials import read_trials
 from lapsv.speakers import SpeakerDB, Utterance
 from lapsv.speakers.index import SpeakerIndex
+from lapsv.transcription.attribution import attribute
+from lapsv.transcription.transcript import TranscriptSegment, Word
 
 DIM = 32
 GROWTH = 8  # the large size is GROWTH times the small one
@@ -342,3 +344,24 @@ def test_diarization_windows_and_segments_are_linear():
         return run
 
     assert_linear(make, 200)
+
+
+def test_transcript_attribution_is_linear():
+    """Every word of a long transcript finds its speaker by bisection, not by a scan of
+    all the speaker segments (words x segments would be quadratic)."""
+
+    def make(n: int) -> Callable[[], object]:
+        speakers = [Segment(i * 2.0, i * 2.0 + 1.8, f"S{i % 3}") for i in range(n)]
+        segments = [
+            TranscriptSegment(
+                i * 2.0,
+                i * 2.0 + 2.0,
+                " a b c d",
+                None,
+                tuple(Word(i * 2.0 + k * 0.5, i * 2.0 + k * 0.5 + 0.4, " w") for k in range(4)),
+            )
+            for i in range(n)
+        ]
+        return lambda: attribute(segments, speakers)
+
+    assert_linear(make, 300)

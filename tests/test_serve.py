@@ -156,6 +156,7 @@ def test_the_page_health_and_docs_are_public(client):
         "/v1/verify",
         "/v1/identify",
         "/v1/diarize",
+        "/v1/transcribe",
         "/v1/speakers",
         "/v1/speakers/{name}",
         "/healthz",

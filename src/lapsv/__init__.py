@@ -12,6 +12,7 @@ Public API::
     model.embed_batch(waveforms, lengths)     # (B, N) padded tensor, (B,) lengths -> (B, E)
     backend = lapsv.build_backend("lap", "astp", in_dim=1024, n_layers=25)
     lapsv.diarize(model, "meeting.wav").segments   # who spoke when: Segment(start, end, speaker)
+    lapsv.Transcriber(whisper_model).transcribe("call.wav")  # who said what (Whisper models)
 """
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ from lapsv.model import SpeakerModel
 from lapsv.scoring.state import ScoringState, Verification
 from lapsv.speaker import Speaker, load_model
 from lapsv.speakers import SpeakerDB
+from lapsv.transcription import Transcriber, Transcript, transcribe
 
 __all__ = [
     "AAMSoftmax",
@@ -43,6 +45,8 @@ __all__ = [
     "SpeakerBackend",
     "SpeakerDB",
     "SpeakerModel",
+    "Transcriber",
+    "Transcript",
     "Verification",
     "__version__",
     "build_backend",
@@ -52,4 +56,5 @@ __all__ = [
     "export_model",
     "load_model",
     "margin_at_step",
+    "transcribe",
 ]

@@ -76,14 +76,14 @@ def add_diarize_parser(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use the reference's speech regions instead of the VAD's",
     )
-    _tuning_options(diarize)
+    add_diarization_options(diarize)
     options.flag(diarize, "batch_size", type=options.count(1), default=32)
     options.add_device(diarize)
     options.add_trust_pickle(diarize)
     diarize.set_defaults(func=cmd_diarize)
 
 
-def _tuning_options(parser: argparse.ArgumentParser) -> None:
+def add_diarization_options(parser: argparse.ArgumentParser) -> None:
     """Clustering, windows and VAD options of ``lapsv diarize`` (defaults: DiarizeOptions)."""
     defaults = DiarizeOptions()
     parser.add_argument(
@@ -164,13 +164,7 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
 def cmd_diarize(args: argparse.Namespace) -> int:
     options = diarize_options(args)  # before any work: exit 2 on impossible options
     items = audio_inputs(args.audio)
-    stems = [Path(path).stem for _, path in items]
-    repeated = [stem for stem, n in Counter(stems).items() if n > 1]
-    if repeated:
-        raise ConfigError(
-            f"two inputs are named {repeated[0]!r}: an RTTM file id is the file's stem, so "
-            "give files with distinct names"
-        )
+    stems = distinct_stems(items, "an RTTM file id")
     if args.oracle_vad and args.reference is None:
         raise ConfigError("--oracle_vad takes the speech regions of --reference: give both")
     references = None if args.reference is None else read_references(args.reference, stems)
@@ -198,18 +192,40 @@ def cmd_diarize(args: argparse.Namespace) -> int:
     return report_failures(failures)
 
 
-def _diarize_one(model, path, stem, options, db, args, vad, speech) -> Diarization:
-    seconds = audio_duration(path)
+def distinct_stems(items: list[tuple[str, str]], what: str) -> list[str]:
+    """The file stem of each (id, path) input; ConfigError when two share one."""
+    stems = [Path(path).stem for _, path in items]
+    repeated = [stem for stem, n in Counter(stems).items() if n > 1]
+    if repeated:
+        raise ConfigError(
+            f"two inputs are named {repeated[0]!r}: {what} is the file's stem, so give files "
+            "with distinct names"
+        )
+    return stems
+
+
+def progress_bar(path: str, stem: str, stages: tuple[str, ...]):
+    """A progress callback (stage, seconds done) over ``stages`` passes of a long file
+    (none for a short or unreadable one), and a function that closes its bar."""
+    try:
+        seconds = audio_duration(path)
+    except AudioError:
+        seconds = 0.0  # the pipeline names the problem
     bar = None
     if seconds >= PROGRESS_SECONDS:
-        bar = tqdm(total=round(2 * seconds), unit="s", desc=stem, leave=False)
-    done = {"speech": 0.0, "embeddings": 0.0}
+        bar = tqdm(total=round(len(stages) * seconds), unit="s", desc=stem, leave=False)
+    done = dict.fromkeys(stages, 0.0)
 
     def progress(stage: str, at: float) -> None:
         done[stage] = at
         if bar is not None:
             bar.update(round(sum(done.values())) - bar.n)
 
+    return progress, (bar.close if bar is not None else lambda: None)
+
+
+def _diarize_one(model, path, stem, options, db, args, vad, speech) -> Diarization:
+    progress, close = progress_bar(path, stem, ("speech", "embeddings"))
     try:
         return diarize(
             model,
@@ -223,8 +239,7 @@ def _diarize_one(model, path, stem, options, db, args, vad, speech) -> Diarizati
             progress=progress,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        close()
 
 
 def _summary(result: Diarization) -> str:

@@ -20,6 +20,7 @@ from lapsv.cli.model_verbs import (
 from lapsv.cli.project_verbs import cmd_data, cmd_demo, cmd_train
 from lapsv.cli.serve_verbs import add_serve_parser
 from lapsv.cli.speaker_verbs import cmd_enroll, cmd_identify, cmd_speakers
+from lapsv.cli.transcribe_verb import add_transcribe_parser
 from lapsv.inference import DEFAULT_MAX_SECONDS
 
 _option = options.flag
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_identify,
         _add_speakers,
         add_diarize_parser,
+        add_transcribe_parser,
         _add_export,
         _add_inspect,
         _add_demo,

