@@ -3,6 +3,7 @@ per 30 s window. Runs the real whisper-base weights (installed by `make install`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -26,7 +27,8 @@ from lapsv.frontends.whisper_sources import builtin_parts, resolve_whisper_sourc
 from lapsv.transcription import TranscribeOptions, Transcriber
 from lapsv.transcription.attribution import SpeakerTimeline, attribute
 from lapsv.transcription.decoder import split_window
-from lapsv.transcription.transcript import TranscriptSegment, Word
+from lapsv.transcription.score import speaker_error
+from lapsv.transcription.transcript import Transcript, TranscriptSegment, Word
 
 HERE = Path(__file__).parent
 CONVERSATION = HERE / "conversation" / "conversation.flac"  # a_1, b_1, a_2, b_2; 0.5 s gaps
@@ -236,10 +238,16 @@ def test_diarization_options_pass_through(transcriber, vad):
         CONVERSATION,
         vad=vad,
         options=TranscribeOptions(
-            language="en", word_timestamps=False, diarization=DiarizeOptions(num_speakers=1)
+            word_timestamps=False, diarization=DiarizeOptions(num_speakers=1)
         ),
     )
     assert len(one.speakers) == 1 and all(not s.words for s in one.segments)
+    words_only = transcriber.transcribe(CONVERSATION, options=TranscribeOptions(speakers=False))
+    assert words_only.speakers == [] and words_only.seconds.keys() == {"vad", "transcription"}
+    assert [w.text for s in words_only.segments for w in s.words] == [
+        w.text for s in transcriber.transcribe(CONVERSATION, vad=vad,
+        options=TranscribeOptions()).segments for w in s.words
+    ]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TranscribeOptions()  # no warning for the defaults
@@ -279,3 +287,22 @@ def test_the_service_route_answers_as_the_cli(model_dir, transcriber, tmp_path):
         answer = client.post("/v1/transcribe", headers=auth(keys[2]), files=files)
         assert answer.status_code == 501
         assert "cannot transcribe" in answer.json()["error"]
+
+
+def test_speaker_error_maps_labels_to_speakers_and_counts_reference_time_only():
+    words = (
+        Word(0.0, 1.0, " a", "X"),  # ann 1.0 s
+        Word(1.0, 3.0, " b", "X"),  # ann 1.0 s (to 2.0), then a pause
+        Word(3.0, 4.0, " c", "Y"),  # bob 1.0 s
+        Word(4.0, 5.0, " d", "X"),  # bob 1.0 s: wrong, X is ann
+        Word(5.0, 6.0, " e", None),  # bob 0.5 s: unattributed, wrong
+    )
+    transcript = Transcript("c", 6.0, "en", (TranscriptSegment(0.0, 6.0, "", None, words),))
+    reference = [Segment(0.0, 2.0, "ann"), Segment(3.0, 5.5, "bob")]
+    overall, per_file = speaker_error({"c": transcript, "other": transcript}, {"c": reference})
+    assert list(per_file) == ["c"]
+    assert (overall.seconds, overall.wrong) == pytest.approx((4.5, 1.5))
+    swapped = Transcript("c", 6.0, "en", (TranscriptSegment(0.0, 6.0, "", None, tuple(
+        dataclasses.replace(w, speaker={"X": "Y", "Y": "X"}.get(w.speaker)) for w in words
+    )),))  # fmt: skip
+    assert speaker_error({"c": swapped}, {"c": reference})[0].wrong == pytest.approx(1.5)

@@ -61,6 +61,19 @@ def add_transcribe_parser(verbs: argparse._SubParsersAction) -> None:
         help="attribute whole segments, without timing each word",
     )
     options.flag(
+        parser,
+        "beam_size",
+        type=options.count(1),
+        default=TranscribeOptions().beam_size,
+        help="beams of the decoder's search (1: greedy, faster)",
+    )
+    options.flag(
+        parser,
+        "no_speakers",
+        action="store_true",
+        help="words only, as plain Whisper: no speech detection, no speakers",
+    )
+    options.flag(
         parser, "num_speakers", type=options.count(1), help="the number of speakers, if known"
     )
     options.flag(parser, "min_speakers", type=options.count(1), default=1)
@@ -92,6 +105,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     settings = TranscribeOptions(
         language=None if args.language.lower() == "auto" else args.language.lower(),
         word_timestamps=not args.no_word_timestamps,
+        speakers=not args.no_speakers,
+        beam_size=args.beam_size,
         diarization=diarize_options(args),  # exit 2 on impossible options, before any work
     )
     items = audio_inputs(args.audio)
@@ -128,10 +143,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def _summary(transcript: Transcript) -> str:
     speakers = [transcript.names.get(s, s) for s in transcript.speakers]
+    who = f"{len(speakers)} speaker(s) ({', '.join(map(printable_name, speakers))}), "
     words = sum(len(s.words) for s in transcript.segments)
     timed = f", {words} words" if words else ""
     return (
-        f"{transcript.file_id}: {len(speakers)} speaker(s) "
-        f"({', '.join(map(printable_name, speakers))}), language {transcript.language}, "
+        f"{transcript.file_id}: {who if speakers else ''}language {transcript.language}, "
         f"{len(transcript.segments)} segments{timed} in {transcript.duration:.1f} s"
     )

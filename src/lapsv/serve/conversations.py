@@ -114,7 +114,9 @@ class ConversationVerbs:
         except ConfigError as error:
             raise ServiceError(422, str(error)) from None
         language = None if language in (None, "", "auto") else language.lower()
-        options = TranscribeOptions(language, word_timestamps, diarization)
+        options = TranscribeOptions(
+            language=language, word_timestamps=word_timestamps, diarization=diarization
+        )
         await self.start()
         [item] = await asyncio.to_thread(self._decode, [upload])
         file_id = file_id_of(display_name(upload.filename, ""))

@@ -50,6 +50,13 @@ class SpeakerTimeline:
         None when the timeline is empty."""
         if not self.segments:
             return None
+        covered = self.coverage(start, end)
+        if covered:
+            return max(covered, key=covered.__getitem__)  # a tie: the first to speak in it
+        return self._nearest(start, end)
+
+    def coverage(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of each speaker inside [start, end) (speakers absent from it left out)."""
         first = bisect.bisect_right(self.latest_end, start)  # segments ending after start
         covered: dict[str, float] = {}
         for segment in self.segments[first:]:
@@ -58,9 +65,7 @@ class SpeakerTimeline:
             time = min(end, segment.end) - max(start, segment.start)
             if time > 0:
                 covered[segment.speaker] = covered.get(segment.speaker, 0.0) + time
-        if covered:
-            return max(covered, key=covered.__getitem__)  # a tie: the first to speak in it
-        return self._nearest(start, end)
+        return covered
 
     def _nearest(self, start: float, end: float) -> str:
         after = bisect.bisect_left(self.starts, end)

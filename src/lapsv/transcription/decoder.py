@@ -1,10 +1,11 @@
 """Whisper's decoder over precomputed encoder states: words with timestamps.
 
-:class:`WhisperDecoder` wraps transformers' ``WhisperForConditionalGeneration.generate``
-with ``encoder_outputs`` given, so the encoder pass that lapsv's frontend already made
-(every hidden state, for LAP) also feeds the decoder: the last hidden state *is* the
-encoder output. Decoding is greedy with timestamp tokens on (no temperature fallback, no
-conditioning on the previous window), as transformers' pipeline does by default.
+:class:`WhisperDecoder` runs transformers' generation on Whisper's decoder with
+``encoder_outputs`` given, so the encoder pass that lapsv's frontend already made (every
+hidden state, for LAP) also feeds the decoder: the last hidden state *is* the encoder
+output. Decoding is a beam search of 5 with timestamp tokens on (no temperature fallback,
+no conditioning on the previous window), as transformers' speech-recognition pipeline
+decodes by default (and faster-whisper, and openai-whisper's command line).
 
 :func:`split_window` turns one window's tokens into Whisper segments and says how far to
 seek, as openai-whisper's ``transcribe`` does: segments lie between pairs of consecutive
@@ -173,16 +174,23 @@ class WhisperDecoder:
 
     @torch.no_grad()
     def generate(
-        self, states: torch.Tensor, language: str, *, word_timestamps: bool, frames: int
+        self,
+        states: torch.Tensor,
+        language: str,
+        *,
+        word_timestamps: bool,
+        frames: int,
+        beam_size: int = 5,
     ) -> tuple[list[int], list[float] | None]:
         """Tokens (timestamps included, prompt and end left out) of one window's
         (1, 1500, D) encoder output, whose first ``frames`` frames hold audio, with each
         token's time (seconds from the window's start) when ``word_timestamps``.
 
-        One pass of greedy decoding, with openai-whisper's rules as transformers applies
-        them (timestamps in pairs and never going back, at most 1 s in at first; the
-        suppressed tokens). transformers' own Whisper ``generate`` is not used: it seeks
-        inside the 30 s again by itself, which needs the audio, not the encoder output.
+        One pass of beam search (``beam_size`` beams; 1: greedy), with openai-whisper's
+        rules as transformers applies them (timestamps in pairs and never going back, at
+        most 1 s in at first; the suppressed tokens). transformers' own Whisper
+        ``generate`` is not used: it seeks inside the 30 s again by itself, which needs
+        the audio, not the encoder output.
         """
         library = import_transformers()
         words = word_timestamps and self.word_timestamps
@@ -200,7 +208,7 @@ class WhisperDecoder:
             ]
         )
         settings.suppress_tokens = settings.begin_suppress_tokens = None  # done above
-        settings.do_sample, settings.num_beams = False, 1
+        settings.do_sample, settings.num_beams = False, beam_size
         if words:
             self.model.config._attn_implementation = "eager"  # cross-attentions are needed
         with quiet_transformers():  # its advice on arguments, at every call

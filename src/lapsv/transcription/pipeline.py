@@ -7,8 +7,8 @@ Whisper seeks: one encoder pass (every hidden state) -> the decoder reads the la
 (:mod:`~lapsv.transcription.attribution`).
 
 The encoder runs on the window zero-padded to 30 s, exactly as Whisper's decoder expects,
-so the words are those of transformers' plain Whisper (same weights, same greedy
-decoding). Windows holding no speech are skipped. The diarization windows are embedded
+so the words are those of transformers' plain Whisper pipeline (same weights, the same
+beam search). Windows holding no speech are skipped. The diarization windows are embedded
 as ``diarize``'s ``embedding_pass`` says: ``window`` (default) embeds each 1.5 s window
 alone, ``shared`` pools it from the 30 s pass the decoder read (no second encoder run; a
 backend trained on single utterances separates voices poorly from it, see the docs). A
@@ -59,11 +59,19 @@ class TranscribeOptions:
     word_timestamps: time each word (cross-attention alignment) and attribute words;
         without, whole segments are attributed.
     diarization: the speaker side (count, clustering, VAD), as in ``lapsv diarize``.
+    speakers: False: words only, as plain Whisper (no VAD, no speakers).
+    beam_size: beams of the decoder's search (1: greedy, faster).
     """
 
     language: str | None = None
     word_timestamps: bool = True
+    speakers: bool = True
+    beam_size: int = 5
     diarization: DiarizeOptions = dataclasses.field(default_factory=DiarizeOptions)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ConfigError(f"beam_size must be at least 1, got {self.beam_size}")
 
 
 class Transcriber:
@@ -139,18 +147,27 @@ class Transcriber:
         file_id = file_id or (Path(audio).stem if isinstance(audio, str | Path) else "audio")
         clock = StageClock()
         diarization = options.diarization
+        everything = None if options.speakers else np.array([[0.0, np.inf]])  # no VAD
         reader, regions, n_samples = find_speech(
-            audio, sample_rate=sample_rate, vad=vad, options=diarization.vad, progress=progress
+            audio,
+            sample_rate=sample_rate,
+            vad=vad,
+            speech=everything,
+            options=diarization.vad,
+            progress=progress,
         )
         clock.done("vad")
         duration = n_samples / SAMPLE_RATE
         windows = window_spans(
             regions, window=diarization.window, hop=diarization.hop, duration=duration
         )
-        spans = np.round(windows * SAMPLE_RATE).astype(np.int64)
+        spans = np.round(windows * SAMPLE_RATE).astype(np.int64)[: None if options.speakers else 0]
         run = _WindowRun(self, spans, options, progress)
         language = run.read(reader(), regions, n_samples)
         clock.done("transcription")
+        if not options.speakers:
+            segments = tuple(run.segments)
+            return Transcript(file_id, duration, language, segments, {}, clock.seconds)
         missing = np.flatnonzero(~run.embedded)  # window pass: all; shared: edge windows
         if len(missing):
             run.embeddings[missing] = window_embeddings(
@@ -243,7 +260,11 @@ class _WindowRun:
         decoder = self.transcriber.decoder
         frames = int(self.transcriber.speaker_model.frontend.frame_lengths(torch.tensor(count)))
         tokens, times = decoder.generate(
-            states, language, word_timestamps=self.options.word_timestamps, frames=frames
+            states,
+            language,
+            word_timestamps=self.options.word_timestamps,
+            frames=frames,
+            beam_size=self.options.beam_size,
         )
         decoded, advance = split_window(tokens, times, decoder.timestamp_begin, count / SAMPLE_RATE)
         offset, limit = seek / SAMPLE_RATE, (seek + count) / SAMPLE_RATE
