@@ -1,7 +1,7 @@
 """RESULTS.md sections of issue 16's benchmarks: identification over large speaker
 databases (``identification-*.json``) and extraction with 1 and 2 processes
-(``extraction-*.json``); and issue 24's diarization speed and memory
-(``diarization-*.json``)."""
+(``extraction-*.json``); issue 24's diarization speed and memory
+(``diarization-*.json``); issue 26's transcripts (``transcription-*.json``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import markdown_table
+from benchmarks.transcription_report import render_transcription
 
 
 def _load(results_dir: Path, pattern: str) -> list[dict[str, Any]]:
@@ -241,4 +242,5 @@ def render_scale(results_dir: Path) -> list[str]:
         [_identification(d) for d in _load(results_dir, "identification-*.json")]
         + [_extraction(d) for d in _load(results_dir, "extraction-*.json")]
         + [_diarization(d) for d in _load(results_dir, "diarization-*.json")]
+        + [render_transcription(d) for d in _load(results_dir, "transcription-*.json")]
     )

@@ -198,3 +198,24 @@ def test_diarization_benchmark_writes_its_json_and_section(tmp_path):
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "## Diarization (issue 24), CPU" in markdown and "speakers found: " in markdown
     assert markdown == report.render(tmp_path)
+
+
+def test_transcription_benchmark_writes_its_cost_and_section(tmp_path):
+    """The cost item at a toy size (greedy decoding); the words and attribution items need
+    Debian packages and a demo output, so they are not run here."""
+    from benchmarks import transcription
+
+    out = tmp_path / "transcription-cpu.json"
+    markdown = tmp_path / "RESULTS.md"
+    toy = ["--only", "cost", "--minutes", "0.2", "--repeats", "1", "--beam_size", "1"]
+    transcription.main([*toy, "--out", str(out), "--markdown", str(markdown)])
+    cost = json.loads(out.read_text())["cost"]
+    assert set(cost["best_s"]) == {"words only", "shared pass", "window pass", "two models (GE2E)"}
+    assert cost["ratio_to_words_only"]["words only"] == 1.0 and cost["beam_size"] == 1
+    for path, value in _numbers(cost):
+        assert math.isfinite(value) and value >= 0, path
+    text = markdown.read_text()
+    assert (
+        "## Transcripts with speakers (issue 26), CPU" in text and "**Cost** on a 0.2-min" in text
+    )
+    assert text == report.render(tmp_path)
