@@ -207,7 +207,7 @@ def test_transcription_benchmark_writes_its_cost_and_section(tmp_path):
 
     out = tmp_path / "transcription-cpu.json"
     markdown = tmp_path / "RESULTS.md"
-    toy = ["--only", "cost", "--minutes", "0.2", "--repeats", "1", "--beam_size", "1"]
+    toy = ["--only", "cost", "--minutes", "0.1", "--repeats", "1", "--beam_size", "1"]
     transcription.main([*toy, "--out", str(out), "--markdown", str(markdown)])
     cost = json.loads(out.read_text())["cost"]
     assert set(cost["best_s"]) == {"words only", "shared pass", "window pass", "two models (GE2E)"}
@@ -216,6 +216,6 @@ def test_transcription_benchmark_writes_its_cost_and_section(tmp_path):
         assert math.isfinite(value) and value >= 0, path
     text = markdown.read_text()
     assert (
-        "## Transcripts with speakers (issue 26), CPU" in text and "**Cost** on a 0.2-min" in text
+        "## Transcripts with speakers (issue 26), CPU" in text and "**Cost** on a 0.1-min" in text
     )
     assert text == report.render(tmp_path)

@@ -143,6 +143,7 @@ def test_the_page_health_and_docs_are_public(client):
         'id="key"' in page.text and "default-src 'self'" in page.headers["content-security-policy"]
     )
     assert 'id="diarize-file"' in page.text and 'id="timeline"' in page.text
+    assert 'id="transcribe"' in page.text  # who said what, in the same panel
     script = client.get("/app.js")
     assert "MediaRecorder" in script.text
     assert not any(

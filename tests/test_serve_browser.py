@@ -276,6 +276,8 @@ def test_the_page_records_enrols_and_verifies_in_chromium(tmp_path):
             shot = tools.call("Page.captureScreenshot", tab, format="png")["data"]
             write_conversation(tmp_path / "conversation.wav")
             spoke, shown = diarize_upload(tools, tab, tmp_path / "conversation.wav")
+            refused = decision_after(tools, tab, "transcribe")  # a GE2E server: no words
+            said = run_js(tools, tab, "document.getElementById('result').textContent")
             run_js(tools, tab, "document.getElementById('diarization').scrollIntoView()")
             timeline = tools.call("Page.captureScreenshot", tab, format="png")["data"]
     (tmp_path / "serve_diarize.png").write_bytes(base64.b64decode(timeline))
@@ -290,3 +292,4 @@ def test_the_page_records_enrols_and_verifies_in_chromium(tmp_path):
     assert len({block["colour"] for block in shown["blocks"]}) == 2, shown  # one per speaker
     assert all(block["width"] > 0 for block in shown["blocks"]), shown
     assert set(shown["legend"]) == speakers and shown["rows"] == len(shown["blocks"]), shown
+    assert refused == "error" and "this service cannot transcribe" in said, said

@@ -251,6 +251,9 @@ def test_diarization_options_pass_through(transcriber, vad):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TranscribeOptions()  # no warning for the defaults
+    assert TranscribeOptions(language="auto").language is None  # as the CLI's auto
+    with pytest.raises(ConfigError, match="beam_size"):
+        TranscribeOptions(beam_size=0)
 
 
 # --- the service ----------------------------------------------------------------------------

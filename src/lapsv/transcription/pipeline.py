@@ -54,8 +54,8 @@ WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 class TranscribeOptions:
     """Choices of :meth:`Transcriber.transcribe` (the CLI flags have the same names).
 
-    language: a language code ("en", "fr"), or None to detect it on the first window
-        with speech (English-only models: always "en").
+    language: a language code ("en", "fr"), or None (or "auto") to detect it on the first
+        window with speech (English-only models: always "en").
     word_timestamps: time each word (cross-attention alignment) and attribute words;
         without, whole segments are attributed.
     diarization: the speaker side (count, clustering, VAD), as in ``lapsv diarize``.
@@ -70,6 +70,8 @@ class TranscribeOptions:
     diarization: DiarizeOptions = dataclasses.field(default_factory=DiarizeOptions)
 
     def __post_init__(self) -> None:
+        if self.language is not None and self.language.lower() in ("", "auto"):
+            object.__setattr__(self, "language", None)  # detected, as the CLI's "auto"
         if self.beam_size < 1:
             raise ConfigError(f"beam_size must be at least 1, got {self.beam_size}")
 

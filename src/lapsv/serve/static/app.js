@@ -220,6 +220,31 @@ function diarizationText(r) {
   return lines.join("\n");
 }
 
+// The conversation panel's upload (or the recording above) with its options.
+function conversationForm() {
+  const file = $("diarize-file").files[0];
+  const form = file ? new FormData() : withRecording(new FormData(), "audio");
+  if (file) form.append("audio", file, file.name);
+  const speakers = $("num-speakers").value.trim();
+  if (speakers !== "") form.append("num_speakers", speakers);
+  const value = $("threshold").value.trim();
+  if (value !== "") form.append("name_threshold", value);
+  return form;
+}
+
+// A speaker turn per paragraph: "SPEAKER_00: words ...", names where enrolled.
+function transcriptText(r) {
+  const turns = [];
+  for (const segment of r.segments) {
+    const who = segment.speaker === null ? "" : r.names[segment.speaker] || segment.speaker;
+    const last = turns[turns.length - 1];
+    if (last && last.who === who) last.text += ` ${segment.text}`;
+    else turns.push({ who, text: segment.text });
+  }
+  const head = `${r.file}: ${r.duration.toFixed(1)} s, language ${r.language}`;
+  return [head, ...turns.map((t) => (t.who ? `${t.who}: ${t.text}` : t.text))].join("\n\n");
+}
+
 function threshold(form) {
   const value = $("threshold").value.trim();
   if (value !== "") form.append("threshold", value);
@@ -254,16 +279,15 @@ const actions = {
   },
   async diarize() {
     clearDiarization();
-    const file = $("diarize-file").files[0];
-    const form = file ? new FormData() : withRecording(new FormData(), "audio");
-    if (file) form.append("audio", file, file.name);
-    const speakers = $("num-speakers").value.trim();
-    if (speakers !== "") form.append("num_speakers", speakers);
-    const value = $("threshold").value.trim();
-    if (value !== "") form.append("name_threshold", value);
-    const r = await call("POST", "v1/diarize", form);
+    const r = await call("POST", "v1/diarize", conversationForm());
     drawDiarization(r);
     show(diarizationText(r), `${r.num_speakers} speaker${r.num_speakers === 1 ? "" : "s"}`);
+  },
+  async transcribe() {
+    clearDiarization();
+    const r = await call("POST", "v1/transcribe", conversationForm());
+    drawDiarization({ ...r, segments: r.segments.filter((s) => s.speaker !== null) });
+    show(transcriptText(r), `${r.speakers.length} speaker${r.speakers.length === 1 ? "" : "s"}`);
   },
 };
 
