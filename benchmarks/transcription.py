@@ -129,14 +129,14 @@ def _options(
 
 
 def prompt_texts(tree: Path) -> dict[str, str]:
-    """name -> text of every prompt whose text is speech (not ``[a tone]``)."""
+    """name -> text of every prompt whose text is speech (not ``[a tone]``, ``(silence)``)."""
     found = next(tree.rglob("core-sounds-en.txt.gz"))
     texts = {}
     with gzip.open(found, "rt", encoding="utf-8", errors="replace") as lines:
         for line in lines:
             name, colon, text = line.partition(":")
             text = text.strip()
-            if colon and not line.startswith(";") and text and not text.startswith("["):
+            if colon and not line.startswith(";") and text and text[0] not in "[(":
                 texts[name.strip()] = text
     return texts
 
@@ -152,11 +152,13 @@ def word_errors(hypothesis: str, reference: str) -> tuple[int, int]:
     return row[-1], len(ref)
 
 
-def words_item(cache: Path, limit: int | None, log: Callable) -> dict[str, Any]:
-    """lapsv transcribe vs transformers' pipeline on the English prompts."""
+def words_item(cache: Path, limit: int | None, stride: int, log: Callable) -> dict[str, Any]:
+    """lapsv transcribe vs transformers' pipeline on the English prompts (every
+    ``stride``-th in name order, at most ``limit``)."""
     texts = prompt_texts(unpacked_package(PROMPTS[0], cache))
     voice = next(unpacked_package(PROMPTS[1], cache).rglob(VOICE))
-    files = sorted(p for p in voice.rglob("*.wav") if _name(p, voice) in texts)[:limit]
+    files = sorted(p for p in voice.rglob("*.wav") if _name(p, voice) in texts)
+    files = files[::stride][:limit]
     library = import_transformers()
     folder = resolve_whisper_source("whisper-base")
     with quiet_transformers():
@@ -169,8 +171,13 @@ def words_item(cache: Path, limit: int | None, log: Callable) -> dict[str, Any]:
     transcriber, vad = Transcriber(whisper_model()), SileroVAD()
     normalize = library.models.whisper.english_normalizer.EnglishTextNormalizer({})
     rows, totals = [], {"lapsv": [0, 0], "transformers": [0, 0]}
+    unreadable = []
     for number, path in enumerate(files, 1):
-        wave = load_audio(path)
+        try:
+            wave = load_audio(path)
+        except AudioError as error:  # a silent "prompt" (silence/1.wav): lapsv refuses it
+            unreadable.append(f"{_name(path, voice)}: {error.reason}")
+            continue
         try:
             ours = transcriber.transcribe(
                 wave, sample_rate=16_000, options=_options(), vad=vad
@@ -196,6 +203,8 @@ def words_item(cache: Path, limit: int | None, log: Callable) -> dict[str, Any]:
     same = sum(r["lapsv"] == r["transformers"] for r in rows)
     return {
         "voice": VOICE,
+        "stride": stride,
+        "refused_by_load_audio": unreadable,
         "prompts": len(rows),
         "identical_text": same,
         "identical_share": same / max(len(rows), 1),
@@ -209,7 +218,7 @@ def _name(path: Path, voice: Path) -> str:
     return path.relative_to(voice).with_suffix("").as_posix()
 
 
-def attribution_item(demo: Path, log: Callable) -> dict[str, Any]:
+def attribution_item(demo: Path, beams: int, log: Callable) -> dict[str, Any]:
     """Speaker error of the words on the demo's test conversations."""
     folder = demo / "conversations" / "test"
     references = read_rttm(folder / "all.rttm")
@@ -222,7 +231,7 @@ def attribution_item(demo: Path, log: Callable) -> dict[str, Any]:
     for number, file_id in enumerate(sorted(references), 1):
         path = folder / f"{file_id}.flac"
         start = time.perf_counter()
-        shared = transcriber.transcribe(path, options=_options("shared"), vad=vad)
+        shared = transcriber.transcribe(path, options=_options("shared", beams=beams), vad=vad)
         seconds["shared pass"] += time.perf_counter() - start
         systems["shared pass"][file_id] = shared
         for name, model in (("window pass", whisper), ("two models (GE2E LAP)", ge2e)):
@@ -245,6 +254,7 @@ def attribution_item(demo: Path, log: Callable) -> dict[str, Any]:
         }
     example = min(references, key=lambda k: systems["window pass"][k].duration)
     return {
+        "beam_size": beams,
         "conversations": len(references),
         "audio_s": audio,
         "systems": scores,
@@ -257,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", nargs="+", choices=ITEMS, default=None)
     parser.add_argument("--minutes", type=float, default=3.0, help="cost: conversation length")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--beam_size", type=int, default=5, help="cost: the decoder's beams")
+    parser.add_argument("--beam_size", type=int, default=5, help="cost, attribution: beams")
     parser.add_argument("--limit", type=int, help="words: at most this many prompts")
+    parser.add_argument("--stride", type=int, default=1, help="words: every n-th prompt")
     parser.add_argument("--demo", type=Path, help="a `lapsv demo` output (attribution)")
     parser.add_argument("--cache", type=Path, help="Debian packages (default: DEMO/cache)")
     parser.add_argument("--threads", type=int, default=2)
@@ -282,9 +293,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if item == "cost":
                 data["cost"] = cost_item(args.minutes, args.repeats, args.beam_size, log)
             elif item == "words":
-                data["words"] = words_item(cache, args.limit, log)
+                data["words"] = words_item(cache, args.limit, args.stride, log)
             else:
-                data["attribution"] = attribution_item(args.demo, log)
+                data["attribution"] = attribution_item(args.demo, args.beam_size, log)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out, json.dumps(data, indent=1, default=_plain) + "\n")
     data["machine"]["load_average_end"] = load_average()

@@ -17,7 +17,8 @@ def render_transcription(data: dict[str, Any]) -> str:
         f"`{data['command']}`, {m.get('cpus_usable')} cores, {data['threads']} torch "
         f"thread(s), {m.get('date', '')[:10]}, lapsv {commit}; load average "
         f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end. "
-        "Whisper-base (the offline built-in weights), beam search of 5, language en.",
+        "Whisper-base (the offline built-in weights), language en; the words item decodes "
+        "with a beam search of 5, as `lapsv transcribe` does by default.",
     ]
     if "cost" in data:
         lines.append(_cost(data["cost"]))
@@ -44,7 +45,8 @@ def _cost(cost: dict[str, Any]) -> str:
         [
             f"\n**Cost** on a {conversation['seconds'] / 60:.3g}-min conversation of the bundled "
             f"clips ({conversation['speakers']} speakers, {conversation['turns']} turns), "
-            f"{cost['model']}, runs interleaved; goal: {cost['goal']} "
+            f"{cost['model']}, beam search of {cost['beam_size']}, runs interleaved; goal: "
+            f"{cost['goal']} "
             f"({'met' if shared <= 1.15 else 'not met'}: {shared:.3f}x)\n",
             markdown_table(["way", "runs (s)", "best x real time", "best / words only"], rows),
         ]
@@ -60,10 +62,11 @@ def _words(words: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"\n**Words**: {words['prompts']} English Asterisk prompts ({words['voice']}) whose "
-            f"text is speech: `lapsv transcribe` gave transformers' pipeline's text on "
+            f"text is speech{_every(words)}: `lapsv transcribe` gave transformers' "
+            "pipeline's text on "
             f"{words['identical_text']} ({100 * words['identical_share']:.1f} %); the VAD found "
             f"no speech in {words['no_speech_found']}. WER against the shipped texts, after "
-            "Whisper's English normalizer:\n",
+            f"Whisper's English normalizer.{_apart(words)}\n",
             markdown_table(["system", "WER %"], rows),
             f"\nDifferent texts: {different or 'none'}",
         ]
@@ -78,12 +81,31 @@ def _attribution(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"\n**Attribution** on the demo's {result['conversations']} test conversations "
-            f"({result['audio_s'] / 60:.0f} min): speaker error of the transcript's words "
+            f"({result['audio_s'] / 60:.0f} min; beam search of {result['beam_size']}): speaker "
+            "error of the transcript's words "
             "(time of words on reference speech attributed to another speaker, after the "
             "best label-to-speaker mapping). The shared pass's run time includes the words; "
-            "the others' is their diarization alone (they attribute the same words).\n",
+            "the others' is their diarization alone (they attribute the same words)."
+            f"{_apart(result)}\n",
             markdown_table(
                 ["speakers from", "speaker error %", "seconds scored", "run time (s)"], rows
             ),
         ]
+    )
+
+
+def _every(words: dict[str, Any]) -> str:
+    stride = words.get("stride", 1)
+    return "" if stride == 1 else f" (one in {stride}, in name order)"
+
+
+def _apart(result: dict[str, Any]) -> str:
+    """The item's own command, when it ran in a run of its own."""
+    if "command" not in result:
+        return ""
+    commit = (result.get("commit") or "?")[:10] + (
+        " + changes" if result.get("uncommitted_changes") else ""
+    )
+    return (
+        f" Run apart: `{result['command']}`, {result['threads']} torch thread(s), lapsv {commit}."
     )

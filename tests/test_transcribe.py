@@ -309,3 +309,19 @@ def test_speaker_error_maps_labels_to_speakers_and_counts_reference_time_only():
         dataclasses.replace(w, speaker={"X": "Y", "Y": "X"}.get(w.speaker)) for w in words
     )),))  # fmt: skip
     assert speaker_error({"c": swapped}, {"c": reference})[0].wrong == pytest.approx(1.5)
+
+
+def test_a_whisper_source_without_a_tokenizer_cannot_transcribe(tmp_path):
+    """A faster-whisper folder without tokenizer.json (the tiny test model) converts for
+    embeddings, but has no decoding settings: a clear error, not a traceback."""
+    from ctranslate2_writer import ct2_variables, tiny_whisper, write_ct2
+
+    folder = tmp_path / "ct2"
+    folder.mkdir()
+    write_ct2(folder / "model.bin", ct2_variables(tiny_whisper()))
+    (folder / "config.json").write_text('{"suppress_ids": [], "lang_ids": []}')
+    frontend = build_frontend(FrontendConfig(name="whisper", source=str(folder)))
+    backend = build_backend("lap", "astp", in_dim=32, n_layers=3, lap_heads=4, lap_out_dim=32)
+    model_dir = SpeakerModel(frontend, backend).eval().save(tmp_path / "model")
+    with pytest.raises(ModelLoadError, match="has no decoding settings"):
+        Transcriber(lapsv.load_model(model_dir))
