@@ -49,22 +49,10 @@ def add_diarize_parser(verbs: argparse._SubParsersAction) -> None:
         required=True,
         help="output folder: <stem>.rttm per input, all.rttm, segments.json",
     )
-    options.flag(
-        diarize, "num_speakers", type=options.count(1), help="the number of speakers, if known"
-    )
-    options.flag(diarize, "min_speakers", type=options.count(1), default=1)
-    options.flag(diarize, "max_speakers", type=options.count(1), default=10)
-    diarize.add_argument(
-        "--db",
-        type=options.speaker_database,
-        help="speaker database: clusters take the "
-        "names of the enrolled speakers they are identified as",
-    )
-    options.flag(
+    add_speaker_options(
         diarize,
-        "name_threshold",
-        type=options.finite,
-        help="identification threshold for names (default: LLR 0 if the model is calibrated)",
+        db_help="speaker database: clusters take the "
+        "names of the enrolled speakers they are identified as",
     )
     diarize.add_argument(
         "--reference",
@@ -81,6 +69,22 @@ def add_diarize_parser(verbs: argparse._SubParsersAction) -> None:
     options.add_device(diarize)
     options.add_trust_pickle(diarize)
     diarize.set_defaults(func=cmd_diarize)
+
+
+def add_speaker_options(parser: argparse.ArgumentParser, *, db_help: str) -> None:
+    """The speaker count, the speaker database and its naming threshold (diarize, transcribe)."""
+    options.flag(
+        parser, "num_speakers", type=options.count(1), help="the number of speakers, if known"
+    )
+    options.flag(parser, "min_speakers", type=options.count(1), default=1)
+    options.flag(parser, "max_speakers", type=options.count(1), default=10)
+    parser.add_argument("--db", type=options.speaker_database, help=db_help)
+    options.flag(
+        parser,
+        "name_threshold",
+        type=options.finite,
+        help="identification threshold for names (default: LLR 0 if the model is calibrated)",
+    )
 
 
 def add_diarization_options(parser: argparse.ArgumentParser) -> None:

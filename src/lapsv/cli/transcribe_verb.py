@@ -8,6 +8,7 @@ import contextlib
 from lapsv.cli import options
 from lapsv.cli.conversation_verbs import (
     add_diarization_options,
+    add_speaker_options,
     diarize_options,
     distinct_stems,
     progress_bar,
@@ -73,20 +74,7 @@ def add_transcribe_parser(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="words only, as plain Whisper: no speech detection, no speakers",
     )
-    options.flag(
-        parser, "num_speakers", type=options.count(1), help="the number of speakers, if known"
-    )
-    options.flag(parser, "min_speakers", type=options.count(1), default=1)
-    options.flag(parser, "max_speakers", type=options.count(1), default=10)
-    parser.add_argument(
-        "--db", type=options.speaker_database, help="speaker database: speakers take its names"
-    )
-    options.flag(
-        parser,
-        "name_threshold",
-        type=options.finite,
-        help="identification threshold for names (default: LLR 0 if the model is calibrated)",
-    )
+    add_speaker_options(parser, db_help="speaker database: speakers take its names")
     add_diarization_options(parser)
     options.flag(parser, "batch_size", type=options.count(1), default=32)
     options.add_device(parser)
@@ -103,7 +91,7 @@ def _formats(value: str) -> tuple[str, ...]:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     settings = TranscribeOptions(
-        language=None if args.language.lower() == "auto" else args.language.lower(),
+        language=args.language,  # "auto": detected
         word_timestamps=not args.no_word_timestamps,
         speakers=not args.no_speakers,
         beam_size=args.beam_size,

@@ -7,10 +7,14 @@ decoded upload, on the model's one thread; :class:`~lapsv.serve.service.Service`
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from lapsv.diarization import Diarization, diarize
+import numpy as np
+
+from lapsv.diarization import diarize
 from lapsv.diarization.vad import VADError
 from lapsv.errors import AudioError, ConfigError, ModelLoadError
 from lapsv.serve.diarize import diarize_options, file_id_of
@@ -67,24 +71,9 @@ class ConversationVerbs:
             )
         except ConfigError as error:
             raise ServiceError(422, str(error)) from None
-        await self.start()
-        [item] = await asyncio.to_thread(self._decode, [upload])
-        file_id = file_id_of(display_name(upload.filename, ""))
-
-        def work() -> Diarization:
-            with self._database() as db:
-                return diarize(
-                    self.model,
-                    item.wave,
-                    sample_rate=self.model.sample_rate,
-                    file_id=file_id,
-                    options=options,
-                    speakers=db if db.count() else None,
-                    name_threshold=name_threshold,
-                    vad=self.vad.get(),
-                )
-
-        result = await self._run_conversation(upload, work)
+        result = await self._on_conversation(
+            upload, name_threshold, functools.partial(diarize, self.model, options=options)
+        )
         return {"model_id": self.model.model_id, **result.to_json()}
 
     async def transcribe(
@@ -113,35 +102,39 @@ class ConversationVerbs:
             rendered = parse_formats(formats) if formats.strip() else ()
         except ConfigError as error:
             raise ServiceError(422, str(error)) from None
-        language = None if language in (None, "", "auto") else language.lower()
         options = TranscribeOptions(
             language=language, word_timestamps=word_timestamps, diarization=diarization
         )
-        await self.start()
-        [item] = await asyncio.to_thread(self._decode, [upload])
-        file_id = file_id_of(display_name(upload.filename, ""))
 
-        def work() -> Transcript:
-            transcriber = self.transcriber.get()
-            with self._database() as db:
-                return transcriber.transcribe(
-                    item.wave,
-                    sample_rate=self.model.sample_rate,
-                    file_id=file_id,
-                    options=options,
-                    speakers=db if db.count() else None,
-                    name_threshold=name_threshold,
-                    vad=self.vad.get(),
-                )
+        def transcribe(wave: np.ndarray, **arguments: Any) -> Transcript:
+            return self.transcriber.get().transcribe(wave, options=options, **arguments)
 
-        result = await self._run_conversation(upload, work)
+        result = await self._on_conversation(upload, name_threshold, transcribe)
         answer = {"model_id": self.model.model_id, **result.to_json(), "text": result.text}
         if rendered:
             answer["rendered"] = {f: render(result, f) for f in rendered if f != "json"}
         return answer
 
-    async def _run_conversation(self, upload: Upload, work: Any) -> Any:
-        """``work()`` on the model's one thread, its errors as ServiceErrors."""
+    async def _on_conversation(
+        self, upload: Upload, name_threshold: float | None, verb: Callable[..., Any]
+    ) -> Any:
+        """``verb(wave, sample_rate=, file_id=, speakers=, name_threshold=, vad=)`` on the
+        decoded upload, on the model's one thread; its errors as ServiceErrors."""
+        await self.start()
+        [item] = await asyncio.to_thread(self._decode, [upload])
+        file_id = file_id_of(display_name(upload.filename, ""))
+
+        def work() -> Any:
+            with self._database() as db:
+                return verb(
+                    item.wave,
+                    sample_rate=self.model.sample_rate,
+                    file_id=file_id,
+                    speakers=db if db.count() else None,
+                    name_threshold=name_threshold,
+                    vad=self.vad.get(),
+                )
+
         try:
             return await self.batcher.run(work)
         except AudioError as error:

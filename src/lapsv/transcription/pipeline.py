@@ -70,8 +70,9 @@ class TranscribeOptions:
     diarization: DiarizeOptions = dataclasses.field(default_factory=DiarizeOptions)
 
     def __post_init__(self) -> None:
-        if self.language is not None and self.language.lower() in ("", "auto"):
-            object.__setattr__(self, "language", None)  # detected, as the CLI's "auto"
+        if self.language is not None:  # a code in lower case; "" or "auto": detected
+            code = self.language.lower()
+            object.__setattr__(self, "language", None if code in ("", "auto") else code)
         if self.beam_size < 1:
             raise ConfigError(f"beam_size must be at least 1, got {self.beam_size}")
 
