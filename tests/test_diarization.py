@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,10 +28,11 @@ from lapsv.diarization.clustering import (
     SpeakerCount,
     agglomerative_clusters,
     cosine_affinity,
+    smooth_windows,
     spectral_clusters,
 )
 from lapsv.diarization.embedding import cut_windows, shared_pass_embeddings, window_embeddings
-from lapsv.diarization.pipeline import DiarizeOptions
+from lapsv.diarization.pipeline import DiarizeOptions, label_windows
 from lapsv.diarization.vad import VADOptions, speech_regions
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
@@ -219,6 +221,34 @@ def test_the_energy_gate_drops_a_quiet_background_voice(vad):
         VADOptions(energy_gate=0.0)
 
 
+def test_the_recording_mean_removes_what_all_its_windows_share(ge2e):
+    """Voices unlike the training data share an offset that swamps their differences
+    (every cosine near 1); the recording's own mean takes it away, the training mean
+    (none, for GE2E) does not."""
+    x, truth = _speakers(3, 20, seed=4, noise=0.2)
+    offset = 12.0 * np.random.default_rng(1).normal(size=32)
+    windows = np.c_[np.arange(60) * 2.0, np.arange(60) * 2.0 + 1.5]
+    options = DiarizeOptions(clustering="ahc", threshold=0.5)
+    segments, _ = label_windows(ge2e, x + offset, windows, options)
+    labels = np.array([int(s.speaker.split("_")[1]) for s in segments])
+    assert len(segments) == 60 and _same_partition(labels, truth)
+    training = dataclasses.replace(options, centring="training")
+    assert {s.speaker for s in label_windows(ge2e, x + offset, windows, training)[0]} == {
+        "SPEAKER_00"
+    }
+
+
+def test_smoothing_stays_inside_a_speech_region():
+    x = np.eye(4)[[0, 1, 2, 3]]
+    windows = np.array([[0.0, 1.5], [0.75, 2.25], [1.5, 3.0], [9.0, 10.5]])
+    smoothed = smooth_windows(x, windows, width=1)
+    assert np.allclose(smoothed[3], x[3])  # alone in its region
+    assert np.allclose(smoothed[1], np.array([1, 1, 1, 0]) / np.sqrt(3))
+    assert np.allclose(smoothed[0], np.array([1, 1, 0, 0]) / np.sqrt(2))
+    assert smooth_windows(x, windows, width=0) is x
+    assert np.allclose(smooth_windows(x, windows, width=5)[0], np.array([1, 1, 1, 0]) / 3**0.5)
+
+
 # --- the pipeline -----------------------------------------------------------------------------
 
 
@@ -314,3 +344,7 @@ def test_cli_bad_inputs_get_one_line_and_the_right_exit_code(conversation, tmp_p
         err = capsys.readouterr().err
         assert code == 2 and words in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
+    for argv in (["--centring", "global"], ["--smoothing", "-1"]):  # argparse: usage + reason
+        code = main(["diarize", "ge2e", str(path), "--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and argv[0] in err.strip().splitlines()[-1] and "Traceback" not in err

@@ -26,7 +26,7 @@ from lapsv.diarization import (
     write_rttm,
 )
 from lapsv.diarization.embedding import EMBEDDING_PASSES
-from lapsv.diarization.pipeline import CLUSTERINGS
+from lapsv.diarization.pipeline import CENTRINGS, CLUSTERINGS
 from lapsv.diarization.score import STANDARD_COLLARS
 from lapsv.diarization.segments import Segment, speech_regions_of
 from lapsv.errors import AudioError, ConfigError
@@ -102,6 +102,21 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
     )
     options.flag(
         parser,
+        "centring",
+        choices=CENTRINGS,
+        default=defaults.centring,
+        help="the mean taken from the embeddings before clustering: the recording's own "
+        "(its windows) or the model's training mean",
+    )
+    options.flag(
+        parser,
+        "smoothing",
+        type=options.count(0),
+        default=defaults.smoothing,
+        help="average each window's embedding with this many neighbours on each side (0: none)",
+    )
+    options.flag(
+        parser,
         "embedding_pass",
         choices=EMBEDDING_PASSES,
         default=defaults.embedding_pass,
@@ -156,6 +171,8 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         max_speakers=args.max_speakers,
         clustering=args.clustering,
         threshold=args.threshold,
+        centring=args.centring,
+        smoothing=args.smoothing,
         window=args.window,
         hop=args.hop,
         min_segment=args.min_segment,

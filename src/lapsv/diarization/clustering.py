@@ -180,6 +180,26 @@ def centroid_resegmentation(embeddings: np.ndarray, labels: np.ndarray) -> np.nd
     return _first_seen_order(np.argmax(unit @ centroids.T, axis=1))
 
 
+def smooth_windows(embeddings: np.ndarray, windows: np.ndarray, width: int = 1) -> np.ndarray:
+    """(W, E) embeddings of (W, 2) sorted windows -> (W, E): each the mean of itself and up
+    to ``width`` windows on each side that belong to the same run of touching windows (one
+    speech region), length-normalised. ``width`` 0 returns the embeddings unchanged.
+
+    >>> e = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> smooth_windows(e, np.array([[0.0, 1.5], [0.75, 2.25], [5.0, 6.5]])).round(3).tolist()
+    [[0.707, 0.707], [0.707, 0.707], [1.0, 0.0]]
+    """
+    if width == 0 or len(embeddings) < 2:
+        return embeddings
+    run = np.r_[0, np.cumsum(windows[1:, 0] > windows[:-1, 1] + 1e-6)]  # region of each window
+    total = np.zeros_like(embeddings, dtype=np.float64)
+    for shift in range(-width, width + 1):  # O(W * width)
+        source = np.clip(np.arange(len(run)) + shift, 0, len(run) - 1)
+        same = (run[source] == run) & (np.abs(source - np.arange(len(run))) == abs(shift))
+        total += np.where(same[:, None], embeddings[source], 0.0)
+    return total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
+
+
 def _few_windows(embeddings: np.ndarray, count: SpeakerCount) -> np.ndarray:
     """One or two windows, or one speaker asked for: too few for a graph."""
     n = len(embeddings)

@@ -23,6 +23,7 @@ from lapsv.diarization.clustering import (
     agglomerative_clusters,
     centroid_resegmentation,
     cosine_affinity,
+    smooth_windows,
     spectral_clusters,
 )
 from lapsv.diarization.embedding import (
@@ -36,13 +37,14 @@ from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
 from lapsv.identification import identify_embeddings
 from lapsv.model import SpeakerModel
-from lapsv.scoring.norm import center_and_normalize
+from lapsv.scoring.norm import center_and_normalize, length_normalize
 from lapsv.scoring.state import score_pairs
 from lapsv.speaker import Speaker
 from lapsv.speakers import SpeakerDB
 
 BLOCK_SECONDS = 30.0  # audio read at a time (and Whisper's one encoder pass)
 CLUSTERINGS = ("spectral", "ahc")
+CENTRINGS = ("recording", "training")
 Progress = Callable[[str, float], None]  # (stage, seconds of the recording done)
 
 
@@ -55,6 +57,12 @@ class DiarizeOptions:
         ``threshold`` as a cosine, else the model's calibrated LLR 0).
     p: share of each window's most similar windows kept by spectral p-pruning (None:
         chosen per recording, NME-SC).
+    centring: the mean subtracted from the length-normalised embeddings before cosines:
+        ``recording`` (the mean of the recording's own windows, as Kaldi's x-vector
+        diarization centres each recording; a recording of one or two windows takes the
+        training mean) or ``training`` (the model's training mean).
+    smoothing: each window's embedding is averaged with this many neighbours on each
+        side within its speech region (0: none).
     window, hop: embedding window length and step (seconds).
     min_segment: shorter segments are dropped (seconds).
     resegment: re-assign each window to the nearest cluster mean after clustering.
@@ -71,7 +79,9 @@ class DiarizeOptions:
     max_speakers: int = 10
     clustering: str = "spectral"
     threshold: float | None = None
-    p: float | None = 0.2
+    p: float | None = 0.15
+    centring: str = "recording"
+    smoothing: int = 0
     window: float = 1.5
     hop: float = 0.75
     min_segment: float = 0.0
@@ -86,6 +96,10 @@ class DiarizeOptions:
         self.count  # validates the speaker count  # noqa: B018
         if self.clustering not in CLUSTERINGS:
             raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
+        if self.centring not in CENTRINGS:
+            raise ConfigError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
+        if self.smoothing < 0:
+            raise ConfigError(f"smoothing must be >= 0 windows, got {self.smoothing}")
         if self.embedding_pass not in EMBEDDING_PASSES:
             raise ConfigError(
                 f"embedding_pass must be one of {EMBEDDING_PASSES}, got {self.embedding_pass!r}"
@@ -323,7 +337,7 @@ def _embed(
 def _cluster(
     model: Speaker, embeddings: np.ndarray, windows: np.ndarray, options: DiarizeOptions
 ) -> np.ndarray:
-    centred = center_and_normalize(embeddings, mean=model.scoring.mean)
+    centred = smooth_windows(_centred(model, embeddings, options), windows, options.smoothing)
     count = options.count
     if options.clustering == "spectral":
         labels = spectral_clusters(centred, count, p=options.p)
@@ -338,6 +352,17 @@ def _cluster(
     if options.resegment and labels.max() > 0:
         labels = centroid_resegmentation(centred, labels)
     return labels
+
+
+def _centred(model: Speaker, embeddings: np.ndarray, options: DiarizeOptions) -> np.ndarray:
+    """(W, E) -> (W, E) length-normalised embeddings minus the mean of ``options.centring``.
+
+    The recording's mean removes what all its windows share (channel, noise, the model's
+    offset on unseen voices), so the speakers' differences decide the cosines.
+    """
+    if options.centring == "recording" and len(embeddings) > 2:
+        return center_and_normalize(embeddings, mean=length_normalize(embeddings).mean(axis=0))
+    return center_and_normalize(embeddings, mean=model.scoring.mean)
 
 
 def _llr_matrix(model: Speaker, embeddings: np.ndarray, windows: np.ndarray) -> np.ndarray:
