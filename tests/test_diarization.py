@@ -32,8 +32,8 @@ from lapsv.diarization.clustering import (
     spectral_clusters,
 )
 from lapsv.diarization.embedding import cut_windows, shared_pass_embeddings, window_embeddings
-from lapsv.diarization.pipeline import DiarizeOptions, label_windows
-from lapsv.diarization.vad import VADOptions, speech_regions
+from lapsv.diarization.pipeline import DiarizeOptions, find_speech, label_windows
+from lapsv.diarization.vad import VADOptions, input_gain, recording_levels, speech_regions
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
 from test_serve_diarize import write_conversation
@@ -219,6 +219,31 @@ def test_the_energy_gate_drops_a_quiet_background_voice(vad):
     assert gated[-1, 1] < quiet_start and gated[0, 0] < 0.5  # and dropped with it
     with pytest.raises(ConfigError, match="energy_gate"):
         VADOptions(energy_gate=0.0)
+
+
+def test_the_vad_reads_a_quiet_recording_at_full_scale(vad, conversation):
+    """Silero misses quiet speech, so a recording is amplified (at most max_gain dB) until
+    its loud frames reach 0 dBFS: its speech regions do not depend on its level, and
+    faint noise stays no speech."""
+    path, _ = conversation
+    wave = load_audio(path)
+    quiet = wave * np.float32(0.1)  # 20 dB down
+    levels = recording_levels([quiet[i : i + 7_000] for i in range(0, len(quiet), 7_000)])
+    assert np.allclose(levels, recording_levels([quiet]))  # any block size
+    gain = input_gain(levels, 40.0)
+    assert 20 * np.log10(gain) == pytest.approx(-np.percentile(levels, 95))
+    assert input_gain(levels, 20.0) == pytest.approx(10.0) and input_gain(levels, 0.0) == 1.0
+    assert np.array_equal(vad.scan([quiet], gain=gain)[0], vad.probabilities([quiet * gain]))
+    options = VADOptions(max_gain=40.0)
+    _, loud_regions, _ = find_speech(wave, sample_rate=16_000, vad=vad, options=options)
+    _, quiet_regions, _ = find_speech(quiet, sample_rate=16_000, vad=vad, options=options)
+    assert loud_regions.shape == quiet_regions.shape
+    assert np.allclose(loud_regions, quiet_regions, atol=0.04)
+    hiss = (1e-3 * np.random.default_rng(0).normal(size=160_000)).astype(np.float32)
+    with pytest.raises(AudioError, match="no speech"):
+        find_speech(hiss, sample_rate=16_000, vad=vad, options=VADOptions(max_gain=20.0))
+    with pytest.raises(ConfigError, match="max_gain"):
+        VADOptions(max_gain=-1.0)
 
 
 def test_the_recording_mean_removes_what_all_its_windows_share(ge2e):

@@ -154,6 +154,14 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
         help="frames this many dB quieter than the recording's loud speech are not speech "
         "(background voices, noise); 0: no gate",
     )
+    options.flag(
+        parser,
+        "vad_max_gain",
+        type=options.at_least(0.0),
+        default=vad.max_gain,
+        help="amplify a quiet recording by up to this many dB, so that its loud frames reach "
+        "full scale, before the VAD (Silero misses quiet speech); 0: as recorded",
+    )
 
 
 def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
@@ -164,6 +172,7 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         min_silence=args.min_silence,
         speech_pad=args.speech_pad,
         energy_gate=args.energy_gate or None,
+        max_gain=args.vad_max_gain,
     )
     return DiarizeOptions(
         num_speakers=args.num_speakers,

@@ -32,7 +32,13 @@ from lapsv.diarization.embedding import (
     window_embeddings,
 )
 from lapsv.diarization.segments import Segment, windows_to_segments
-from lapsv.diarization.vad import SileroVAD, VADOptions, speech_regions
+from lapsv.diarization.vad import (
+    SileroVAD,
+    VADOptions,
+    input_gain,
+    recording_levels,
+    speech_regions,
+)
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
 from lapsv.identification import identify_embeddings
@@ -71,7 +77,8 @@ class DiarizeOptions:
     vad: Silero VAD options, chosen on the demo's validation conversations: frames 15 dB
         below the recording's loud speech are not speech (the energy gate), pauses shorter
         than 0.5 s stay inside a speech region (so a window spans the words around them),
-        and regions are padded by 0.1 s.
+        regions are padded by 0.1 s, and a quiet recording is amplified by up to 20 dB
+        before Silero reads it.
     """
 
     num_speakers: int | None = None
@@ -89,7 +96,9 @@ class DiarizeOptions:
     embedding_pass: str = "window"
     batch_size: int = 32
     vad: VADOptions = dataclasses.field(
-        default_factory=lambda: VADOptions(min_silence=0.5, speech_pad=0.1, energy_gate=15.0)
+        default_factory=lambda: VADOptions(
+            min_silence=0.5, speech_pad=0.1, energy_gate=15.0, max_gain=20.0
+        )
     )
 
     def __post_init__(self) -> None:
@@ -216,7 +225,9 @@ def find_speech(
     options = options or VADOptions()
     reader = block_reader(audio, sample_rate)
     vad = None if speech is not None else (vad or SileroVAD())  # oracle speech: no VAD
-    probabilities, levels, n_samples = scan_recording(vad, reader, source, progress)
+    probabilities, levels, n_samples = scan_recording(
+        vad, reader, source, progress, options.max_gain
+    )
     if vad is not None:
         regions = speech_regions(probabilities, n_samples, options, levels)
     else:
@@ -290,29 +301,38 @@ def block_reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Cal
 
 
 def scan_recording(
-    vad: SileroVAD | None, reader: Callable[[], Iterator], source: str, progress: Progress | None
+    vad: SileroVAD | None,
+    reader: Callable[[], Iterator],
+    source: str,
+    progress: Progress | None,
+    max_gain: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """One pass over the recording: its length, checked samples, and the VAD's per-frame
-    speech probabilities and levels (none without a VAD)."""
+    """The recording's length, checked samples, and the VAD's per-frame speech
+    probabilities and levels (none without a VAD). One pass; two with a ``max_gain`` (the
+    first measures the level, :func:`~lapsv.diarization.vad.input_gain`)."""
     n_samples = 0
 
-    def checked() -> Iterator[np.ndarray]:
+    def checked(report: bool) -> Iterator[np.ndarray]:
         nonlocal n_samples
+        n_samples = 0
         for block in reader():
             if not np.isfinite(block).all():
                 raise AudioError(source, "audio contains NaN or infinite samples")
             n_samples += len(block)
-            if progress is not None:
+            if report and progress is not None:
                 progress("speech", n_samples / SAMPLE_RATE)
             yield block
 
     try:
         if vad is None:
             probabilities = levels = np.zeros(0, np.float32)
-            for _ in checked():  # the length and the sample checks only
+            for _ in checked(report=True):  # the length and the sample checks only
                 pass
         else:
-            probabilities, levels = vad.scan(checked())
+            gain = 1.0
+            if max_gain > 0:
+                gain = input_gain(recording_levels(checked(report=False)), max_gain)
+            probabilities, levels = vad.scan(checked(report=True), gain=gain)
     except (RuntimeError, OSError) as error:  # libsndfile failing mid-file
         raise AudioError(source, f"cannot decode audio ({error})") from error
     if n_samples == 0:

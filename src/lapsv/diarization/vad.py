@@ -16,13 +16,17 @@ calls speech) before the post-processing. On the demo's validation conversations
 babble and music at 5-20 dB SNR, collar ±0.25 s) a 15 dB gate cut missed + false-alarm
 speech from 45.2 % (minimum silence 0.5 s, no gate) to 18.2 % (0.1 s padding); the best
 setting without a gate found there reached 29.0 %.
+
+Silero also misses quiet speech, so :func:`input_gain` amplifies a recording (by at most
+``max_gain`` dB) until its loud frames reach full scale; with 20 dB, missed speech on
+those conversations fell from 6.2 to 3.3 %.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ SAMPLE_RATE = 16_000
 FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame fed with each frame
 MODEL_FILE = "silero_vad.onnx"
+LOUD_PERCENTILE = 95  # the level of a recording's loud frames (input gain, energy gate)
 
 
 class VADError(LapsvError, RuntimeError):
@@ -49,6 +54,10 @@ class VADOptions:
     speech_pad: each region is widened by this on both sides.
     energy_gate: frames more than this many dB quieter than the recording's loud speech
         are not speech (None: no gate).
+    max_gain: the recording is amplified, by at most this many dB, so that its loud
+        frames reach full scale before Silero reads it (0: as recorded). Silero misses
+        quiet speech: a reverberant validation conversation at -24 dBFS had 0.7 % of its
+        frames above 0.5, and 31 % when 9.5 dB louder.
     """
 
     threshold: float = 0.5
@@ -56,10 +65,13 @@ class VADOptions:
     min_silence: float = 0.1
     speech_pad: float = 0.03
     energy_gate: float | None = None
+    max_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"vad_threshold must lie in (0, 1), got {self.threshold}")
+        if not self.max_gain >= 0.0:
+            raise ConfigError(f"max_gain must be >= 0 dB, got {self.max_gain}")
         for name in ("min_speech", "min_silence", "speech_pad"):
             if not getattr(self, name) >= 0.0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
@@ -105,26 +117,20 @@ class SileroVAD:
         """
         return self.scan(blocks)[0]
 
-    def scan(self, blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def scan(
+        self, blocks: Iterable[np.ndarray], *, gain: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(F,) speech probabilities and (F,) levels (dB, mean square) of the 32 ms frames
-        of the blocks joined end to end, in one pass."""
+        of the blocks joined end to end, times ``gain``, in one pass."""
         state = np.zeros((2, 1, 128), np.float32)
         rate = np.array(SAMPLE_RATE, np.int64)
         previous = np.zeros(CONTEXT, np.float32)
-        pending = np.zeros(0, np.float32)
         out: list[float] = []
         levels: list[np.ndarray] = []
-        for block in blocks:
-            pending = np.concatenate([pending, np.asarray(block, np.float32)])
-            usable = len(pending) - len(pending) % FRAME
-            previous, state = self._frames(pending[:usable], previous, state, rate, out)
-            levels.append(frame_levels(pending[:usable]))
-            pending = pending[usable:]
-        if len(pending):
-            frame = np.zeros(FRAME, np.float32)
-            frame[: len(pending)] = pending
-            self._frames(frame, previous, state, rate, out)
-            levels.append(frame_levels(frame))
+        for samples in _whole_frames(blocks):
+            samples = samples * np.float32(gain) if gain != 1.0 else samples
+            previous, state = self._frames(samples, previous, state, rate, out)
+            levels.append(frame_levels(samples))
         return np.asarray(out, np.float32), np.concatenate([np.zeros(0), *levels])
 
     def _frames(self, samples, previous, state, rate, out):
@@ -135,6 +141,43 @@ class SileroVAD:
             out.append(float(probability[0, 0]))
             previous = frame[-CONTEXT:]
         return previous, state
+
+
+def _whole_frames(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The blocks joined end to end, as runs of whole 512-sample frames (float32); the
+    last frame zero-padded, as Silero's ``get_speech_timestamps`` pads it."""
+    pending = np.zeros(0, np.float32)
+    for block in blocks:
+        pending = np.concatenate([pending, np.asarray(block, np.float32)])
+        usable = len(pending) - len(pending) % FRAME
+        if usable:
+            yield pending[:usable]
+        pending = pending[usable:]
+    if len(pending):
+        frame = np.zeros(FRAME, np.float32)
+        frame[: len(pending)] = pending
+        yield frame
+
+
+def recording_levels(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """(F,) levels (dB, mean square) of the 32 ms frames of the blocks joined end to end."""
+    return np.concatenate([np.zeros(0), *(frame_levels(f) for f in _whole_frames(blocks))])
+
+
+def input_gain(levels: np.ndarray, max_gain: float) -> float:
+    """The linear gain that brings a recording's loud frames (the 95th percentile of its
+    frame ``levels``, dB) to full scale (0 dBFS), at most ``max_gain`` dB and never below
+    1; 1 when ``max_gain`` is 0.
+
+    >>> round(input_gain(np.array([-40.0, -12.0]), 20.0), 2)  # 95th percentile: -13.4 dB
+    4.68
+    >>> input_gain(np.array([-90.0]), 20.0), input_gain(np.array([-30.0]), 0.0)
+    (10.0, 1.0)
+    """
+    if max_gain <= 0 or not len(levels):
+        return 1.0
+    loud = float(np.percentile(levels, LOUD_PERCENTILE))
+    return float(10 ** (min(max(-loud, 0.0), max_gain) / 20))
 
 
 def frame_levels(samples: np.ndarray) -> np.ndarray:
@@ -157,7 +200,7 @@ def gate_quiet_frames(
     speech = probabilities > options.threshold
     if options.energy_gate is None or not speech.any():
         return probabilities
-    loud = np.percentile(levels[speech], 95)
+    loud = np.percentile(levels[speech], LOUD_PERCENTILE)
     return np.where(levels < loud - options.energy_gate, 0.0, probabilities)
 
 
