@@ -43,7 +43,7 @@ from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
 from lapsv.identification import identify_embeddings
 from lapsv.model import SpeakerModel
-from lapsv.scoring.norm import center_and_normalize, length_normalize
+from lapsv.scoring.norm import center_and_normalize, embedding_mean
 from lapsv.scoring.state import score_pairs
 from lapsv.speaker import Speaker
 from lapsv.speakers import SpeakerDB
@@ -381,7 +381,7 @@ def _centred(model: Speaker, embeddings: np.ndarray, options: DiarizeOptions) ->
     offset on unseen voices), so the speakers' differences decide the cosines.
     """
     if options.centring == "recording" and len(embeddings) > 2:
-        return center_and_normalize(embeddings, mean=length_normalize(embeddings).mean(axis=0))
+        return center_and_normalize(embeddings, mean=embedding_mean(embeddings))
     return center_and_normalize(embeddings, mean=model.scoring.mean)
 
 
