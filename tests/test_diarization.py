@@ -32,7 +32,12 @@ from lapsv.diarization.clustering import (
     spectral_clusters,
 )
 from lapsv.diarization.embedding import cut_windows, shared_pass_embeddings, window_embeddings
-from lapsv.diarization.pipeline import DiarizeOptions, find_speech, label_windows
+from lapsv.diarization.pipeline import (
+    DiarizeOptions,
+    diarization_windows,
+    find_speech,
+    label_windows,
+)
 from lapsv.diarization.vad import VADOptions, input_gain, recording_levels, speech_regions
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
@@ -221,6 +226,40 @@ def test_the_energy_gate_drops_a_quiet_background_voice(vad):
         VADOptions(energy_gate=0.0)
 
 
+def _seconds_inside(regions: np.ndarray, start: float, end: float) -> float:
+    return float(sum(max(0.0, min(b, end) - max(a, start)) for a, b in regions))
+
+
+def test_the_floor_gate_drops_babble_that_the_energy_gate_keeps(vad):
+    """Speaker A, a 4 s pause, A again, over a babble of six copies of speaker B 14 dB
+    under A: Silero calls the babble speech, and it is too loud for the 15 dB energy gate;
+    the floor gate (0.3 of the way from the background level up to A's loud speech)
+    drops the pause and keeps A's speech."""
+    first, second = load_audio(DATA / "speaker_a_1.flac"), load_audio(DATA / "speaker_a_2.flac")
+    pause = 64_000
+    voice = np.concatenate([first, np.zeros(pause, np.float32), second])
+    other = np.concatenate([load_audio(DATA / f"speaker_b_{i}.flac") for i in (1, 2)])
+    babble = sum(np.roll(np.resize(other, len(voice)), k * 11_000) for k in range(6))
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+    wave = voice + babble * (rms(first) / rms(other) * 10 ** (-14 / 20))
+    probabilities, levels = vad.scan([wave])
+    alone, alone_levels = vad.scan([voice])
+    start, end = len(first) / 16_000, (len(first) + pause) / 16_000
+    energy = VADOptions(energy_gate=15.0)
+    both = VADOptions(energy_gate=15.0, floor_gate=0.3)
+    ungated = speech_regions(probabilities, len(wave), energy, levels)
+    gated = speech_regions(probabilities, len(wave), both, levels)
+    clean = speech_regions(alone, len(voice), energy, alone_levels)
+    assert _seconds_inside(ungated, start, end) > 3.5  # the babble in the pause is speech
+    assert _seconds_inside(gated, start, end) < 1.0  # not with the floor gate
+    speech = _seconds_inside(clean, 0.0, start) + _seconds_inside(clean, end, len(wave) / 16_000)
+    kept = _seconds_inside(gated, 0.0, start) + _seconds_inside(gated, end, len(wave) / 16_000)
+    assert kept > 0.75 * speech
+    assert np.array_equal(speech_regions(alone, len(voice), both, alone_levels), clean)
+    with pytest.raises(ConfigError, match="floor_gate"):
+        VADOptions(floor_gate=1.0)
+
+
 def test_the_vad_reads_a_quiet_recording_at_full_scale(vad, conversation):
     """Silero misses quiet speech, so a recording is amplified (at most max_gain dB) until
     its loud frames reach 0 dBFS: its speech regions do not depend on its level, and
@@ -263,6 +302,25 @@ def test_the_recording_mean_removes_what_all_its_windows_share(ge2e):
     }
 
 
+def test_windows_span_short_pauses_and_segments_keep_to_the_speech(ge2e):
+    """Two words 0.3 s apart share windows (the bridge is 0.5 s), a 1.5 s pause does not;
+    the segments are cut back to the speech, so no pause is anyone's turn."""
+    regions = np.array([[0.0, 0.6], [0.9, 1.6], [3.1, 4.0], [4.3, 6.0]])
+    options = DiarizeOptions(clustering="ahc", threshold=0.5)
+    windows = diarization_windows(regions, options, duration=7.0)
+    assert windows.tolist() == [[0.0, 1.5], [0.1, 1.6], [3.1, 4.6], [3.85, 5.35], [4.5, 6.0]]
+    apart = diarization_windows(regions, dataclasses.replace(options, window_bridge=0.0), 7.0)
+    assert apart[:3].tolist() == regions[:3].tolist()  # each word alone
+    x, _ = _speakers(2, 3, seed=5, noise=0.05)
+    segments, _ = label_windows(ge2e, x[[0, 1, 3, 4, 5]], windows, options, speech=regions)
+    spans = [(s.start, s.end) for s in segments]
+    assert spans == [(0.0, 0.6), (0.9, 1.6), (3.1, 4.0), (4.3, 6.0)]
+    speakers = [s.speaker for s in segments]
+    assert speakers[0] == speakers[1] != speakers[2] == speakers[3]
+    with pytest.raises(ConfigError, match="window_bridge"):
+        DiarizeOptions(window_bridge=-1.0)
+
+
 def test_smoothing_stays_inside_a_speech_region():
     x = np.eye(4)[[0, 1, 2, 3]]
     windows = np.array([[0.0, 1.5], [0.75, 2.25], [1.5, 3.0], [9.0, 10.5]])
@@ -278,16 +336,18 @@ def test_smoothing_stays_inside_a_speech_region():
 
 
 def test_a_two_speaker_conversation_is_diarized(ge2e, vad, conversation):
-    """The DER bound fails when clustering is broken (one speaker: ~50 % confusion)."""
+    """The DER bound fails when clustering is broken (one speaker: ~50 % confusion). The
+    reference holds whole clips, their pauses of 0.25 s or more included, which the VAD
+    leaves out (7 % missed speech)."""
     path, reference = conversation
     result = diarize(ge2e, path, vad=vad)
     assert result.file_id == "talk" and len(result.speakers) == 2
     overall, _ = score_diarization({"talk": reference}, {"talk": list(result.segments)})
-    assert overall.der < 5.0, overall.to_json()
+    assert overall.der < 10.0 and overall.confusion < 0.01 * overall.speech, overall.to_json()
     fixed = diarize(
         ge2e, path, vad=vad, options=DiarizeOptions(num_speakers=2, clustering="ahc", threshold=0.5)
     )
-    assert score_diarization({"talk": reference}, {"talk": list(fixed.segments)})[0].der < 5.0
+    assert score_diarization({"talk": reference}, {"talk": list(fixed.segments)})[0].der < 10.0
     one = diarize(ge2e, path, vad=vad, options=DiarizeOptions(num_speakers=1))
     broken, _ = score_diarization({"talk": reference}, {"talk": list(one.segments)})
     assert broken.der > 40.0  # the bound above is not met by one speaker
@@ -341,7 +401,8 @@ def test_cli_writes_rttm_segments_and_scores(conversation, tmp_path, capsys):
     body = json.loads((out / "segments.json").read_text())
     assert body["recordings"][0]["num_speakers"] == 2
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["collar 0.5"]["overall"]["DER %"] < 5.0
+    overall = scores["collar 0.5"]["overall"]
+    assert overall["DER %"] < 10.0 and overall["confusion %"] < 1.0, overall
     code = main(
         ["diarize", "ge2e", str(path), "--out", str(out), "--reference", str(ref), "--oracle_vad"]
     )

@@ -25,8 +25,8 @@ import pytest
 from lapsv.data.manifest import Manifest
 from lapsv.data.manifest import Utterance as ManifestUtterance
 from lapsv.diarization.embedding import cut_windows
-from lapsv.diarization.segments import Segment, windows_to_segments
-from lapsv.diarization.windows import window_spans
+from lapsv.diarization.segments import Segment, clip_segments, windows_to_segments
+from lapsv.diarization.windows import bridged_regions, window_spans
 from lapsv.distributed import assign_chunks, plan_chunks
 from lapsv.embeddings import EmbeddingSet
 from lapsv.identification import identify_embeddings, import_embeddings
@@ -323,23 +323,24 @@ def test_the_guard_fails_on_quadratic_work():
 
 
 def test_diarization_windows_and_segments_are_linear():
-    """A long recording's windows: placed in its speech regions, cut from a stream of 30 s
-    blocks, and joined back into segments (all but the clustering, which is W x W)."""
+    """A long recording's windows: placed over its speech regions joined across short
+    pauses, cut from a stream of 30 s blocks, joined back into segments and cut to the
+    speech (all but the clustering, which is W x W)."""
 
     def make(n: int) -> Callable[[], object]:
         starts = np.arange(n) * 3.5
-        regions = np.stack([starts, starts + 3.0], axis=1)  # 3 s of speech, 0.5 s pauses
-        samples = int(regions[-1, 1] * 16_000) + 16_000
+        regions = np.stack([starts, starts + np.where(np.arange(n) % 2, 3.0, 3.2)], axis=1)
+        samples = int(regions[-1, 1] * 16_000) + 16_000  # pauses of 0.3 s and 0.5 s
         block = np.zeros(30 * 16_000, np.float32)
         blocks = [block[: min(len(block), samples - i)] for i in range(0, samples, len(block))]
-        labels = [f"S{i % 3}" for i in range(4 * n)]
+        labels = [f"S{i % 3}" for i in range(8 * n)]
 
         def run() -> None:
-            windows = window_spans(regions)
+            windows = window_spans(bridged_regions(regions, 0.4))
             spans = np.round(windows * 16_000).astype(np.int64)
             for _ in cut_windows(blocks, spans):
                 pass
-            windows_to_segments(windows, labels[: len(windows)])
+            clip_segments(windows_to_segments(windows, labels[: len(windows)]), regions)
 
         return run
 

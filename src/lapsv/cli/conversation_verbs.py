@@ -125,6 +125,11 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
     for name, help_ in (
         ("window", "embedding window (seconds)"),
         ("hop", "step between windows (seconds)"),
+        (
+            "window_bridge",
+            "windows span speech pauses shorter than this (seconds); segments are cut "
+            "back to the speech",
+        ),
         ("min_segment", "shorter segments are dropped (seconds)"),
     ):
         options.flag(
@@ -156,6 +161,14 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
     )
     options.flag(
         parser,
+        "floor_gate",
+        type=options.at_least(0.0),
+        default=vad.floor_gate,
+        help="frames below this share of the way, in dB, from the recording's background "
+        "level up to its loud speech are not speech (babble, other voices); 0: no gate",
+    )
+    options.flag(
+        parser,
         "vad_max_gain",
         type=options.at_least(0.0),
         default=vad.max_gain,
@@ -172,6 +185,7 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         min_silence=args.min_silence,
         speech_pad=args.speech_pad,
         energy_gate=args.energy_gate or None,
+        floor_gate=args.floor_gate,
         max_gain=args.vad_max_gain,
     )
     return DiarizeOptions(
@@ -183,6 +197,7 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         centring=args.centring,
         smoothing=args.smoothing,
         window=args.window,
+        window_bridge=args.window_bridge,
         hop=args.hop,
         min_segment=args.min_segment,
         embedding_pass=args.embedding_pass,

@@ -31,7 +31,7 @@ from lapsv.diarization.embedding import (
     shared_pass_embeddings,
     window_embeddings,
 )
-from lapsv.diarization.segments import Segment, windows_to_segments
+from lapsv.diarization.segments import Segment, clip_segments, windows_to_segments
 from lapsv.diarization.vad import (
     SileroVAD,
     VADOptions,
@@ -39,7 +39,7 @@ from lapsv.diarization.vad import (
     recording_levels,
     speech_regions,
 )
-from lapsv.diarization.windows import window_spans
+from lapsv.diarization.windows import bridged_regions, window_spans
 from lapsv.errors import AudioError, ConfigError
 from lapsv.identification import identify_embeddings
 from lapsv.model import SpeakerModel
@@ -70,15 +70,19 @@ class DiarizeOptions:
     smoothing: each window's embedding is averaged with this many neighbours on each
         side within its speech region (0: none).
     window, hop: embedding window length and step (seconds).
+    window_bridge: windows are laid over the speech regions joined across pauses shorter
+        than this (seconds), so that a window holds the words around a short pause; the
+        segments are then cut back to the speech regions (0: windows inside each region).
     min_segment: shorter segments are dropped (seconds).
     resegment: re-assign each window to the nearest cluster mean after clustering.
     embedding_pass: ``window`` (each window alone) or ``shared`` (one frontend pass per
         30 s block, windows pooled from it; trained lapsv models only).
-    vad: Silero VAD options, chosen on the demo's validation conversations: frames 15 dB
-        below the recording's loud speech are not speech (the energy gate), pauses shorter
-        than 0.5 s stay inside a speech region (so a window spans the words around them),
-        regions are padded by 0.1 s, and a quiet recording is amplified by up to 20 dB
-        before Silero reads it.
+    vad: Silero VAD options, chosen on conversations of the demo's validation and
+        training voices: a frame is speech above a probability of 0.3 unless it is 15 dB
+        below the recording's loud speech (the energy gate) or under 0.3 of the way from
+        its background level up to that speech (the floor gate, against babble); pauses
+        shorter than 0.25 s stay inside a speech region, regions are padded by 0.03 s,
+        and a quiet recording is amplified by up to 20 dB before Silero reads it.
     """
 
     num_speakers: int | None = None
@@ -86,18 +90,24 @@ class DiarizeOptions:
     max_speakers: int = 10
     clustering: str = "spectral"
     threshold: float | None = None
-    p: float | None = 0.15
+    p: float | None = 0.2
     centring: str = "recording"
     smoothing: int = 0
     window: float = 1.5
     hop: float = 0.75
+    window_bridge: float = 0.5
     min_segment: float = 0.0
     resegment: bool = False
     embedding_pass: str = "window"
     batch_size: int = 32
     vad: VADOptions = dataclasses.field(
         default_factory=lambda: VADOptions(
-            min_silence=0.5, speech_pad=0.1, energy_gate=15.0, max_gain=20.0
+            threshold=0.3,
+            min_silence=0.25,
+            speech_pad=0.03,
+            energy_gate=15.0,
+            floor_gate=0.3,
+            max_gain=20.0,
         )
     )
 
@@ -117,6 +127,8 @@ class DiarizeOptions:
             raise ConfigError(
                 f"need window > 0 and 0 < hop <= window, got {self.window} and {self.hop}"
             )
+        if not self.window_bridge >= 0.0:
+            raise ConfigError(f"window_bridge must be >= 0 seconds, got {self.window_bridge}")
         if self.p is not None and not 0.0 < self.p <= 1.0:
             raise ConfigError(f"p must lie in (0, 1], got {self.p}")
 
@@ -194,12 +206,18 @@ def diarize(
     )  # fmt: skip
     clock.done("vad")
     duration = n_samples / SAMPLE_RATE
-    windows = window_spans(regions, window=options.window, hop=options.hop, duration=duration)
+    windows = diarization_windows(regions, options, duration)
     spans = np.round(windows * SAMPLE_RATE).astype(np.int64)
     embeddings = _embed(model, _reported(reader(), "embeddings", progress), spans, options)
     clock.done("embeddings")
     segments, names = label_windows(
-        model, embeddings, windows, options, speakers=speakers, name_threshold=name_threshold
+        model,
+        embeddings,
+        windows,
+        options,
+        speech=regions,
+        speakers=speakers,
+        name_threshold=name_threshold,
     )
     clock.done("clustering")
     speech_seconds = float(np.sum(regions[:, 1] - regions[:, 0]))
@@ -242,21 +260,33 @@ def find_speech(
     return reader, regions, n_samples
 
 
+def diarization_windows(
+    regions: np.ndarray, options: DiarizeOptions, duration: float
+) -> np.ndarray:
+    """(W, 2) embedding windows (seconds) over (R, 2) speech regions joined across pauses
+    shorter than ``options.window_bridge``, in a recording ``duration`` seconds long."""
+    joined = bridged_regions(regions, options.window_bridge)
+    return window_spans(joined, window=options.window, hop=options.hop, duration=duration)
+
+
 def label_windows(
     model: Speaker,
     embeddings: np.ndarray,
     windows: np.ndarray,
     options: DiarizeOptions,
     *,
+    speech: np.ndarray | None = None,
     speakers: SpeakerDB | None = None,
     name_threshold: float | None = None,
 ) -> tuple[list[Segment], dict[str, str]]:
-    """Cluster (W, E) window embeddings of (W, 2) windows into speaker segments, named
-    from ``speakers`` where they pass the threshold: (segments, label -> name)."""
+    """Cluster (W, E) window embeddings of (W, 2) windows into speaker segments, cut to
+    the (R, 2) ``speech`` regions when given, named from ``speakers`` where they pass the
+    threshold: (segments, label -> name)."""
     labels = _cluster(model, embeddings, windows, options)
-    segments = windows_to_segments(
-        windows, [f"SPEAKER_{k:02d}" for k in labels], min_duration=options.min_segment
-    )
+    segments = windows_to_segments(windows, [f"SPEAKER_{k:02d}" for k in labels])
+    if speech is not None:
+        segments = clip_segments(segments, speech)
+    segments = [s for s in segments if s.duration >= options.min_segment]
     names: dict[str, str] = {}
     if speakers is not None:
         names = name_clusters(model, speakers, embeddings, labels, windows, name_threshold)

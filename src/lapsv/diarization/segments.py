@@ -4,6 +4,8 @@ Windows overlap (1.5 s long, 0.75 s apart); each overlapping stretch goes half t
 window, i.e. a window owns the time nearer its centre than any other window's centre.
 Consecutive owned stretches of one speaker join into one segment (across a gap shorter
 than ``max_gap``), and segments shorter than ``min_duration`` are dropped.
+:func:`clip_segments` cuts them back to the speech regions when the windows were laid
+over regions joined across pauses.
 """
 
 from __future__ import annotations
@@ -83,6 +85,34 @@ def windows_to_segments(
         else:
             merged.append([start, end, label])
     return [Segment(a, b, s) for a, b, s in merged if b - a >= min_duration]
+
+
+def clip_segments(
+    segments: Sequence[Segment], regions: np.ndarray, *, min_duration: float = 0.0
+) -> list[Segment]:
+    """The parts of ``segments`` (sorted by start, not overlapping) inside (R, 2) sorted
+    speech regions, those shorter than ``min_duration`` dropped; linear in both.
+
+    >>> regions = np.array([[0.0, 1.0], [1.4, 3.0]])
+    >>> for s in clip_segments([Segment(0.0, 2.0, "A"), Segment(2.0, 3.5, "B")], regions):
+    ...     print(s.start, s.end, s.speaker)
+    0.0 1.0 A
+    1.4 2.0 A
+    2.0 3.0 B
+    """
+    regions = np.asarray(regions, np.float64).reshape(-1, 2)
+    clipped: list[Segment] = []
+    first = 0  # the first region that ends after the current segment's start
+    for segment in segments:
+        while first < len(regions) and regions[first, 1] <= segment.start:
+            first += 1
+        k = first
+        while k < len(regions) and regions[k, 0] < segment.end:
+            start, end = max(segment.start, regions[k, 0]), min(segment.end, regions[k, 1])
+            if end - start >= max(min_duration, 1e-9):
+                clipped.append(Segment(float(start), float(end), segment.speaker))
+            k += 1
+    return clipped
 
 
 def speech_regions_of(segments: Sequence[Segment]) -> np.ndarray:

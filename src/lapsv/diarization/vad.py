@@ -38,6 +38,8 @@ FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame fed with each frame
 MODEL_FILE = "silero_vad.onnx"
 LOUD_PERCENTILE = 95  # the level of a recording's loud frames (input gain, energy gate)
+FLOOR_PERCENTILE = 20  # the level of a recording's background (floor gate)
+DIGITAL_SILENCE_DB = -100.0  # frames below this are zeros, not background
 
 
 class VADError(LapsvError, RuntimeError):
@@ -54,6 +56,10 @@ class VADOptions:
     speech_pad: each region is widened by this on both sides.
     energy_gate: frames more than this many dB quieter than the recording's loud speech
         are not speech (None: no gate).
+    floor_gate: frames below this share of the way, in dB, from the recording's
+        background level (the 20th percentile of its frame levels) up to its loud speech
+        are not speech (0: no gate). Silero calls background voices speech; babble 10 dB
+        under the talkers sits near that floor.
     max_gain: the recording is amplified, by at most this many dB, so that its loud
         frames reach full scale before Silero reads it (0: as recorded). Silero misses
         quiet speech: a reverberant validation conversation at -24 dBFS had 0.7 % of its
@@ -65,6 +71,7 @@ class VADOptions:
     min_silence: float = 0.1
     speech_pad: float = 0.03
     energy_gate: float | None = None
+    floor_gate: float = 0.0
     max_gain: float = 0.0
 
     def __post_init__(self) -> None:
@@ -75,6 +82,8 @@ class VADOptions:
         for name in ("min_speech", "min_silence", "speech_pad"):
             if not getattr(self, name) >= 0.0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)}")
+        if not 0.0 <= self.floor_gate < 1.0:
+            raise ConfigError(f"floor_gate must lie in [0, 1), got {self.floor_gate}")
         if self.energy_gate is not None and not self.energy_gate > 0.0:
             raise ConfigError(f"energy_gate must be > 0 dB (or none), got {self.energy_gate}")
 
@@ -189,19 +198,29 @@ def frame_levels(samples: np.ndarray) -> np.ndarray:
 def gate_quiet_frames(
     probabilities: np.ndarray, levels: np.ndarray, options: VADOptions
 ) -> np.ndarray:
-    """The probabilities with the frames more than ``options.energy_gate`` dB below the
-    recording's loud speech (the 95th percentile level of its frames above the threshold)
-    set to 0; unchanged without a gate or without such frames.
+    """The probabilities with the quiet frames set to 0: those more than
+    ``options.energy_gate`` dB below the recording's loud speech (the 95th percentile
+    level of its frames above the threshold), and those below ``options.floor_gate`` of
+    the way from its background (the 20th percentile level of its non-zero frames) up to
+    that loud speech. Unchanged without gates or without frames above the threshold.
 
     >>> p, levels = np.array([0.9, 0.9, 0.9, 0.1]), np.array([-20.0, -22.0, -50.0, -20.0])
     >>> gate_quiet_frames(p, levels, VADOptions(energy_gate=15.0)).tolist()
     [0.9, 0.9, 0.0, 0.1]
+    >>> babble = np.array([-30.0] * 6 + [-20.0] * 4)  # background voices 10 dB down
+    >>> gate_quiet_frames(np.full(10, 0.9), babble, VADOptions(floor_gate=0.3)).tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9]
     """
     speech = probabilities > options.threshold
-    if options.energy_gate is None or not speech.any():
+    if (options.energy_gate is None and not options.floor_gate) or not speech.any():
         return probabilities
     loud = np.percentile(levels[speech], LOUD_PERCENTILE)
-    return np.where(levels < loud - options.energy_gate, 0.0, probabilities)
+    cut = -np.inf if options.energy_gate is None else loud - options.energy_gate
+    sounding = levels[levels > DIGITAL_SILENCE_DB]
+    if options.floor_gate and len(sounding):
+        floor = np.percentile(sounding, FLOOR_PERCENTILE)
+        cut = max(cut, floor + options.floor_gate * (loud - floor))
+    return np.where(levels < cut, 0.0, probabilities)
 
 
 def speech_regions(

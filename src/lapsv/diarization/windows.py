@@ -4,6 +4,8 @@ Each speech region is covered by windows of ``window`` seconds every ``hop`` sec
 last one ending at the region's end (so no window is a short leftover); a region shorter
 than ``window`` is one window of its own length, widened to ``min_window`` inside the
 recording when shorter than that (too little audio for an embedding).
+:func:`bridged_regions` joins regions across short pauses first, so that a window holds
+the words on both sides of a pause.
 """
 
 from __future__ import annotations
@@ -60,3 +62,18 @@ def _widened(start: float, end: float, min_window: float, duration: float) -> tu
     elif end > duration:
         start, end = max(0.0, start - (end - duration)), duration
     return start, end
+
+
+def bridged_regions(regions: np.ndarray, gap: float) -> np.ndarray:
+    """(R, 2) sorted speech [start, end) seconds -> the same joined across every pause
+    shorter than ``gap`` seconds (0: unchanged).
+
+    >>> bridged_regions(np.array([[0.0, 1.0], [1.3, 2.0], [3.0, 4.0]]), 0.5).tolist()
+    [[0.0, 2.0], [3.0, 4.0]]
+    """
+    regions = np.asarray(regions, np.float64).reshape(-1, 2)
+    if gap <= 0 or len(regions) < 2:
+        return regions
+    first = np.r_[True, regions[1:, 0] - regions[:-1, 1] >= gap]  # starts a joined region
+    starts = np.flatnonzero(first)
+    return np.stack([regions[starts, 0], np.maximum.reduceat(regions[:, 1], starts)], axis=1)

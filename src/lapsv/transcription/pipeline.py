@@ -32,11 +32,11 @@ from lapsv.diarization.pipeline import (
     DiarizeOptions,
     Progress,
     StageClock,
+    diarization_windows,
     find_speech,
     label_windows,
 )
 from lapsv.diarization.vad import SileroVAD
-from lapsv.diarization.windows import window_spans
 from lapsv.errors import ConfigError
 from lapsv.frontends.whisper import WhisperFrontend
 from lapsv.model import SpeakerModel
@@ -161,9 +161,7 @@ class Transcriber:
         )
         clock.done("vad")
         duration = n_samples / SAMPLE_RATE
-        windows = window_spans(
-            regions, window=diarization.window, hop=diarization.hop, duration=duration
-        )
+        windows = diarization_windows(regions, diarization, duration)
         spans = np.round(windows * SAMPLE_RATE).astype(np.int64)[: None if options.speakers else 0]
         run = _WindowRun(self, spans, options, progress)
         language = run.read(reader(), regions, n_samples)
@@ -181,6 +179,7 @@ class Transcriber:
             run.embeddings,
             windows,
             diarization,
+            speech=regions,
             speakers=speakers,
             name_threshold=name_threshold,
         )
