@@ -135,7 +135,11 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
         options.flag(
             parser, name, type=options.at_least(0.0), default=getattr(defaults, name), help=help_
         )
-    vad = defaults.vad
+    _add_vad_options(parser, defaults.vad)
+
+
+def _add_vad_options(parser: argparse.ArgumentParser, vad: VADOptions) -> None:
+    """Silero VAD flags of ``lapsv diarize`` (and ``lapsv transcribe``)."""
     options.flag(
         parser,
         "vad_threshold",

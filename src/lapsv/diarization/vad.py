@@ -10,12 +10,14 @@ Silero's own post-processing (``get_speech_timestamps_from_probs``: hysteresis b
 ``threshold`` and ``threshold - 0.15``, minimum speech and silence, padding).
 
 Silero calls any voice speech, a quiet voice in the background too (babble, a television,
-a game's sound effects). The optional energy gate takes back the frames that are much
-quieter than the recording's own loud speech (the 95th percentile level of the frames it
-calls speech) before the post-processing. On the demo's validation conversations (noise,
-babble and music at 5-20 dB SNR, collar ±0.25 s) a 15 dB gate cut missed + false-alarm
-speech from 45.2 % (minimum silence 0.5 s, no gate) to 18.2 % (0.1 s padding); the best
-setting without a gate found there reached 29.0 %.
+a game's sound effects). Two optional gates take back frames before the post-processing:
+the energy gate those much quieter than the recording's own loud speech (the 95th
+percentile level of the frames it calls speech), the floor gate those near the
+recording's background level (babble is continuous, so it sets that level). On
+conversations of the demo's training and validation voices (noise, babble and music at
+5-20 dB SNR, collar ±0.25 s), missed + false-alarm speech was 27.1 / 39.2 % with neither
+gate, 11.2 / 11.3 % with a 15 dB energy gate, and 6.3 / 7.3 % with a 20 dB energy gate and
+a floor gate of 0.3 (threshold 0.3, minimum silence 0.25 s, padding 0.03 s).
 
 Silero also misses quiet speech, so :func:`input_gain` amplifies a recording (by at most
 ``max_gain`` dB) until its loud frames reach full scale; with 20 dB, missed speech on
