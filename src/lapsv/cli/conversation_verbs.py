@@ -155,30 +155,27 @@ def _add_vad_options(parser: argparse.ArgumentParser, vad: VADOptions) -> None:
             default=getattr(vad, name),
             help=f"VAD {name.replace('_', ' ')} (seconds)",
         )
-    options.flag(
-        parser,
-        "energy_gate",
-        type=options.at_least(0.0),
-        default=vad.energy_gate or 0.0,
-        help="frames this many dB quieter than the recording's loud speech are not speech "
-        "(background voices, noise); 0: no gate",
-    )
-    options.flag(
-        parser,
-        "floor_gate",
-        type=options.at_least(0.0),
-        default=vad.floor_gate,
-        help="frames below this share of the way, in dB, from the recording's background "
-        "level up to its loud speech are not speech (babble, other voices); 0: no gate",
-    )
-    options.flag(
-        parser,
-        "vad_max_gain",
-        type=options.at_least(0.0),
-        default=vad.max_gain,
-        help="amplify a quiet recording by up to this many dB, so that its loud frames reach "
-        "full scale, before the VAD (Silero misses quiet speech); 0: as recorded",
-    )
+    for name, default, help_ in (
+        (
+            "energy_gate",
+            vad.energy_gate or 0.0,
+            "frames this many dB quieter than the recording's loud speech are not speech "
+            "(background voices, noise); 0: no gate",
+        ),
+        (
+            "floor_gate",
+            vad.floor_gate,
+            "frames below this share of the way, in dB, from the recording's background "
+            "level up to its loud speech are not speech (babble, other voices); 0: no gate",
+        ),
+        (
+            "vad_max_gain",
+            vad.max_gain,
+            "amplify a quiet recording by up to this many dB, so that its loud frames reach "
+            "full scale, before the VAD (Silero misses quiet speech); 0: as recorded",
+        ),
+    ):
+        options.flag(parser, name, type=options.at_least(0.0), default=default, help=help_)
 
 
 def diarize_options(args: argparse.Namespace) -> DiarizeOptions:

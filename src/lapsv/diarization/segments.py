@@ -87,11 +87,9 @@ def windows_to_segments(
     return [Segment(a, b, s) for a, b, s in merged if b - a >= min_duration]
 
 
-def clip_segments(
-    segments: Sequence[Segment], regions: np.ndarray, *, min_duration: float = 0.0
-) -> list[Segment]:
+def clip_segments(segments: Sequence[Segment], regions: np.ndarray) -> list[Segment]:
     """The parts of ``segments`` (sorted by start, not overlapping) inside (R, 2) sorted
-    speech regions, those shorter than ``min_duration`` dropped; linear in both.
+    speech regions; linear in both.
 
     >>> regions = np.array([[0.0, 1.0], [1.4, 3.0]])
     >>> for s in clip_segments([Segment(0.0, 2.0, "A"), Segment(2.0, 3.5, "B")], regions):
@@ -109,7 +107,7 @@ def clip_segments(
         k = first
         while k < len(regions) and regions[k, 0] < segment.end:
             start, end = max(segment.start, regions[k, 0]), min(segment.end, regions[k, 1])
-            if end - start >= max(min_duration, 1e-9):
+            if end > start:
                 clipped.append(Segment(float(start), float(end), segment.speaker))
             k += 1
     return clipped
