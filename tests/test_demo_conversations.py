@@ -13,10 +13,12 @@ import soundfile
 
 from lapsv.data.manifest import Utterance, read_manifest, write_manifest
 from lapsv.demo.conversations import (
+    LEVEL_SPREAD,
     OVERLAP,
     PEAK,
     SILENCE,
     SNR_DB,
+    TURN_SPREAD,
     _gap,
     build_conversations,
     speech_bounds,
@@ -32,7 +34,8 @@ EPS = 0.002  # RTTM times have 3 decimals
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     """5 speakers x 8 utterances: 0.1-0.4 s of digital silence, 1.5-3 s of a speaker's
-    'voice', 0.1-0.4 s of silence. Returns the manifest and utt -> seconds of voice."""
+    'voice', 0.1-0.4 s of silence; speaker k recorded 6k dB quieter than speaker 0 (the
+    demo corpus's voices lie 26 dB apart). Returns the manifest and utt -> seconds of voice."""
     root = tmp_path_factory.mktemp("conv_corpus")
     rng = np.random.default_rng(0)
     rows, speech = [], {}
@@ -43,7 +46,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, float]]:
             utt = f"{name}/{u:02d}.flac"
             body = voice(f0, formant, float(rng.uniform(1.5, 3.0)), rng)
             lead, tail = (np.zeros(int(rng.uniform(0.1, 0.4) * 16000)) for _ in range(2))
-            wave = np.concatenate([lead, body, tail])
+            wave = np.concatenate([lead, body, tail]) * 10 ** (-6 * s / 20)
             (root / "audio" / name).mkdir(parents=True, exist_ok=True)
             soundfile.write(root / "audio" / utt, wave, 16000, subtype="PCM_16")
             rows.append(Utterance(utt, name, len(wave) / 16000))
@@ -195,6 +198,27 @@ def test_references_mark_the_speech_and_the_mix_keeps_the_whole_utterances(clean
         assert np.abs(wave[_outside(conv, len(wave))]).max() < 1e-3  # the silent padding
         assert np.abs(wave).max() == pytest.approx(PEAK, abs=1e-3)
         assert conv.snr is None and conv.noise is None and not conv.reverb
+
+
+def test_each_voice_is_mixed_at_its_drawn_level_whatever_its_recording_level(clean):
+    """Turn levels in the mix follow the speakers' drawn levels, not the 24 dB spread of
+    the recordings, so the noise's SNR holds for every voice."""
+    for conv in clean.conversations:
+        wave, _ = soundfile.read(str(clean.audio_path(conv)), dtype="float64")
+        assert all(-LEVEL_SPREAD <= level <= 0 for level in conv.levels)
+        drawn = dict(zip(conv.speakers, conv.levels, strict=True))
+        offsets = []
+        for segment in conv.segments:
+            a, b = round(segment.start * 16000), round(segment.end * 16000)
+            alone = np.ones(b - a, dtype=bool)
+            for other in conv.segments:
+                if other is not segment:
+                    lo, hi = round(other.start * 16000) - a, round(other.end * 16000) - a
+                    alone[max(lo, 0) : max(hi, 0)] = False
+            if alone.sum() > 1600:
+                level = 10 * np.log10(np.mean(np.square(wave[a:b][alone])))
+                offsets.append(level - drawn[segment.speaker])
+        assert max(offsets) - min(offsets) <= TURN_SPREAD + 0.3  # 10 ms frame edges
 
 
 def test_noise_and_reverb(noisy):

@@ -30,6 +30,11 @@ Rules of one conversation (its random generators derive from ``(seed, index)`` o
   bridged (see :func:`speech_runs`): a pause inside a turn (the corpus joins short clips
   with 0.25 s of silence) is not speech, nor is a recording's steady hum around a short
   word; the mix holds the whole, untrimmed utterance;
+* each speaker's speech level (the mean power of its reference frames) is drawn from an
+  :data:`LEVEL_SPREAD` dB range, and each turn is scaled to within :data:`TURN_SPREAD`/2
+  dB of it (LibriMix draws each source's loudness from an 8 dB range too), so the noise's
+  SNR holds for every voice: the corpus keeps its recordings' levels, which lie 26 dB
+  apart, and FORMAT 3 mixed them as recorded;
 * the mix is scaled to a peak of :data:`PEAK`, so it never clips.
 """
 
@@ -53,7 +58,7 @@ from lapsv.diarization.segments import Segment
 from lapsv.errors import ConfigError
 from lapsv.files import atomic_write_text
 
-FORMAT = 3  # version of the layout and rules; part of the settings in the marker
+FORMAT = 4  # version of the layout and rules; part of the settings in the marker
 SILENCE = (0.1, 1.5)  # seconds between the speech of two turns
 OVERLAP = (0.2, 1.0)  # seconds of overlap at an overlapping speaker change
 OVERLAP_CHANCE = 0.1  # share of the speaker changes that overlap
@@ -68,6 +73,9 @@ QUIET_FLOOR_DB = -20.0  # a floor louder than this is speech itself (an item wit
 MIN_PAUSE = 0.2  # seconds: shorter pauses inside a turn stay in its reference segment
 FRAME = SAMPLE_RATE // 100  # 10 ms
 PEAK = 0.9
+SPEECH_LEVEL_DB = -26.0  # the loudest speaker's speech level before the mix is scaled to PEAK
+LEVEL_SPREAD = 8.0  # dB: the range of the speakers' speech levels in one conversation
+TURN_SPREAD = 2.0  # dB: the range of a turn's level around its speaker's
 PROGRESS_EVERY = 10
 REFERENCE = "all.rttm"
 METADATA = "conversations.json"
@@ -79,7 +87,8 @@ class Conversation:
 
     ``seconds`` is the audio length, ``overlap`` the seconds where two speakers talk,
     ``snr`` (dB) and ``noise`` ("music", "noise", "babble") are None without noise,
-    ``utterances`` the manifest ids in turn order, ``segments`` the reference.
+    ``utterances`` the manifest ids in turn order, ``segments`` the reference, ``levels``
+    each speaker's speech level in dB below the loudest possible (0 to -:data:`LEVEL_SPREAD`).
     """
 
     id: str
@@ -91,6 +100,7 @@ class Conversation:
     reverb: bool
     utterances: tuple[str, ...]
     segments: tuple[Segment, ...]
+    levels: tuple[float, ...]
 
     def to_json(self) -> dict:
         """Metadata as JSON (segments as [start, end, speaker] lists)."""
@@ -105,6 +115,7 @@ class Conversation:
                 **record,
                 "speakers": tuple(record["speakers"]),
                 "utterances": tuple(record["utterances"]),
+                "levels": tuple(record["levels"]),
                 "segments": tuple(Segment(a, b, s) for a, b, s in record["segments"]),
             }
         )
@@ -247,6 +258,35 @@ def _plan(
     return turns
 
 
+def speech_level(wave: np.ndarray, runs: tuple[tuple[int, int], ...]) -> float | None:
+    """dB (re full scale) of the mean power of ``wave`` (N,) over ``runs``; None if silent.
+
+    >>> speech_level(np.full(100, 0.1), ((0, 50),))
+    -20.0
+    """
+    power = sum(float(np.sum(np.square(wave[a:b], dtype=np.float64))) for a, b in runs)
+    samples = sum(b - a for a, b in runs)
+    return None if power == 0 else round(10.0 * float(np.log10(power / samples)), 6)
+
+
+def _level_turns(
+    turns: list[_Turn], speakers: tuple[str, ...], rng: np.random.Generator
+) -> tuple[list[_Turn], tuple[float, ...]]:
+    """Turns scaled to their speakers' levels (module rules), and those levels (dB)."""
+    levels = tuple(round(float(x), 2) for x in rng.uniform(-LEVEL_SPREAD, 0.0, len(speakers)))
+    by_speaker = dict(zip(speakers, levels, strict=True))
+    scaled = []
+    for turn in turns:
+        jitter = rng.uniform(-TURN_SPREAD / 2, TURN_SPREAD / 2)
+        level = speech_level(turn.wave, turn.runs)
+        if level is not None:
+            target = SPEECH_LEVEL_DB + by_speaker[turn.utterance.speaker] + jitter
+            wave = (turn.wave * 10.0 ** ((target - level) / 20.0)).astype(np.float32)
+            turn = dataclasses.replace(turn, wave=wave)
+        scaled.append(turn)
+    return scaled, levels
+
+
 def _overlap_seconds(segments: list[Segment]) -> float:
     """Seconds where two or more segments are active."""
     edges = sorted([(s.start, 1) for s in segments] + [(s.end, -1) for s in segments])
@@ -292,6 +332,9 @@ def _conversation(
     chosen = sorted(names[i] for i in rng.choice(len(names), rng.integers(low, high + 1), False))
     target = round(rng.uniform(*options["minutes"]) * 60 * SAMPLE_RATE)
     turns = _plan(rng, manifest, {s: by_speaker[s] for s in chosen}, target)
+    turns, levels = _level_turns(
+        turns, tuple(chosen), np.random.default_rng((options["seed"], index, 2))
+    )
     shift = -min(t.offset for t in turns)
     mix = np.zeros(max(t.offset + len(t.wave) for t in turns) + shift, dtype=np.float32)
     segments = []
@@ -318,6 +361,7 @@ def _conversation(
         reverb=reverb,
         utterances=tuple(t.utterance.utt for t in turns),
         segments=tuple(sorted(segments)),
+        levels=levels,
     )
     return record, mix
 

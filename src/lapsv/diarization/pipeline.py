@@ -79,7 +79,7 @@ class DiarizeOptions:
         30 s block, windows pooled from it; trained lapsv models only).
     vad: Silero VAD options, chosen on conversations of the demo's validation and
         training voices: a frame is speech above a probability of 0.3 unless it is 20 dB
-        below the recording's loud speech (the energy gate) or under 0.3 of the way from
+        below the recording's loud speech (the energy gate) or under 0.35 of the way from
         its background level up to that speech (the floor gate, against babble); pauses
         shorter than 0.25 s stay inside a speech region, regions are padded by 0.03 s,
         and a quiet recording is amplified by up to 20 dB before Silero reads it.
@@ -106,7 +106,7 @@ class DiarizeOptions:
             min_silence=0.25,
             speech_pad=0.03,
             energy_gate=20.0,
-            floor_gate=0.3,
+            floor_gate=0.35,
             max_gain=20.0,
         )
     )
