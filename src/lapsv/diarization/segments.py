@@ -3,9 +3,9 @@
 Windows overlap (1.5 s long, 0.75 s apart); each overlapping stretch goes half to each
 window, i.e. a window owns the time nearer its centre than any other window's centre.
 Consecutive owned stretches of one speaker join into one segment (across a gap shorter
-than ``max_gap``), and segments shorter than ``min_duration`` are dropped.
-:func:`clip_segments` cuts them back to the speech regions when the windows were laid
-over regions joined across pauses.
+than ``max_gap``). :func:`clip_segments` cuts them back to the speech regions when the
+windows were laid over regions joined across pauses (the pipeline drops segments shorter
+than its ``min_segment`` after that cut).
 """
 
 from __future__ import annotations
@@ -56,15 +56,13 @@ def windows_to_segments(
     windows: np.ndarray,
     labels: Sequence[str],
     *,
-    min_duration: float = 0.0,
     max_gap: float = 0.0,
 ) -> list[Segment]:
-    """Labelled windows -> one speaker's segments, merged and filtered.
+    """Labelled windows -> one speaker's segments, merged.
 
     Args:
         windows: (W, 2) window [start, end) seconds, sorted by start.
         labels: W speaker labels, one per window.
-        min_duration: segments shorter than this are dropped (seconds).
         max_gap: a silence shorter than this between two stretches of one speaker is
             bridged (seconds); 0 joins only touching stretches.
 
@@ -84,7 +82,7 @@ def windows_to_segments(
             last[1] = max(last[1], end)
         else:
             merged.append([start, end, label])
-    return [Segment(a, b, s) for a, b, s in merged if b - a >= min_duration]
+    return [Segment(a, b, s) for a, b, s in merged]
 
 
 def clip_segments(segments: Sequence[Segment], regions: np.ndarray) -> list[Segment]:
