@@ -30,10 +30,12 @@ from lapsv.diarization.clustering import (
     cosine_affinity,
     smooth_windows,
     spectral_clusters,
+    viterbi_resegmentation,
 )
 from lapsv.diarization.embedding import cut_windows, shared_pass_embeddings, window_embeddings
 from lapsv.diarization.pipeline import (
     DiarizeOptions,
+    _cluster,
     diarization_windows,
     find_speech,
     label_windows,
@@ -330,6 +332,42 @@ def test_smoothing_stays_inside_a_speech_region():
     assert np.allclose(smoothed[0], np.array([1, 1, 0, 0]) / np.sqrt(2))
     assert smooth_windows(x, windows, width=0) is x
     assert np.allclose(smooth_windows(x, windows, width=5)[0], np.array([1, 1, 1, 0]) / 3**0.5)
+
+
+def _run_of_windows(n: int, start: float = 0.0) -> np.ndarray:
+    """(n, 2) touching 1.5 s windows at a 0.75 s hop: one speech region."""
+    return start + np.stack([np.arange(n) * 0.75, np.arange(n) * 0.75 + 1.5], axis=1)
+
+
+def test_resegmentation_pays_for_a_change_of_speaker_only_inside_a_region():
+    rng = np.random.default_rng(0)
+    voices = np.eye(8)[:2]
+    truth = np.repeat([0, 1, 1], [14, 10, 1])  # two turns in one region, then a lone window
+    x = voices[truth] + 0.1 * rng.normal(size=(25, 8))
+    x[5] = 0.45 * voices[0] + 0.55 * voices[1]  # one ambiguous window inside speaker 0's turn
+    windows = np.r_[_run_of_windows(24), [[30.0, 31.5]]]
+    nearest = viterbi_resegmentation(x, windows, truth, switch_penalty=0.0)
+    assert nearest[5] == 1 and (np.delete(nearest, 5) == np.delete(truth, 5)).all()
+    decoded = viterbi_resegmentation(x, windows, truth, switch_penalty=0.2)
+    assert (decoded == truth).all()  # the flip costs two changes; the real turn change stays
+    one_turn = viterbi_resegmentation(x, windows, truth, switch_penalty=100.0)
+    assert (one_turn[:24] == 0).all() and one_turn[24] == 1  # a pause costs nothing
+
+
+def test_resegmentation_keeps_a_fixed_speaker_count():
+    rng = np.random.default_rng(1)
+    truth = np.repeat([0, 1, 2], [15, 15, 2])
+    x = np.eye(8)[truth] + 0.3 * rng.normal(size=(32, 8))
+    x[30:] = 0.7 * np.eye(8)[1] + 0.3 * np.eye(8)[2]  # the third voice: two windows, near #2
+    windows = _run_of_windows(32)
+    dropped = viterbi_resegmentation(x, windows, truth, switch_penalty=0.5)
+    assert dropped.max() == 1  # decoding alone absorbs the third speaker
+    for options, found in (
+        (DiarizeOptions(switch_penalty=0.5), 2),
+        (DiarizeOptions(switch_penalty=0.5, num_speakers=3), 3),
+    ):
+        labels = _cluster(None, x, windows, options)
+        assert labels.max() + 1 == found
 
 
 # --- the pipeline -----------------------------------------------------------------------------

@@ -117,6 +117,22 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
     )
     options.flag(
         parser,
+        "resegment",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.resegment,
+        help="after clustering, re-assign the windows to the cluster means by Viterbi "
+        "decoding (--no-resegment: keep the clustering's labels)",
+    )
+    options.flag(
+        parser,
+        "switch_penalty",
+        type=options.at_least(0.0),
+        default=defaults.switch_penalty,
+        help="resegmentation's cost (in cosine) of a change of speaker between touching "
+        "windows (0: each window's nearest cluster mean)",
+    )
+    options.flag(
+        parser,
         "embedding_pass",
         choices=EMBEDDING_PASSES,
         default=defaults.embedding_pass,
@@ -197,6 +213,8 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         threshold=args.threshold,
         centring=args.centring,
         smoothing=args.smoothing,
+        resegment=args.resegment,
+        switch_penalty=args.switch_penalty,
         window=args.window,
         window_bridge=args.window_bridge,
         hop=args.hop,

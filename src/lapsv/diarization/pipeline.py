@@ -21,10 +21,10 @@ from lapsv.audio import SAMPLE_RATE, audio_duration, prepare_waveform, read_bloc
 from lapsv.diarization.clustering import (
     SpeakerCount,
     agglomerative_clusters,
-    centroid_resegmentation,
     cosine_affinity,
     smooth_windows,
     spectral_clusters,
+    viterbi_resegmentation,
 )
 from lapsv.diarization.embedding import (
     EMBEDDING_PASSES,
@@ -74,7 +74,9 @@ class DiarizeOptions:
         than this (seconds), so that a window holds the words around a short pause; the
         segments are then cut back to the speech regions (0: windows inside each region).
     min_segment: shorter segments are dropped (seconds).
-    resegment: re-assign each window to the nearest cluster mean after clustering.
+    resegment, switch_penalty: after clustering, re-assign the windows to the cluster
+        means by Viterbi decoding, paying ``switch_penalty`` (in cosine) for each change of
+        speaker between touching windows (0: each window's nearest mean).
     embedding_pass: ``window`` (each window alone) or ``shared`` (one frontend pass per
         30 s block, windows pooled from it; trained lapsv models only).
     vad: Silero VAD options, chosen on conversations of the demo's validation and
@@ -97,7 +99,8 @@ class DiarizeOptions:
     hop: float = 0.75
     window_bridge: float = 0.5
     min_segment: float = 0.0
-    resegment: bool = False
+    resegment: bool = True
+    switch_penalty: float = 0.2
     embedding_pass: str = "window"
     batch_size: int = 32
     vad: VADOptions = dataclasses.field(
@@ -117,6 +120,8 @@ class DiarizeOptions:
             raise ConfigError(f"clustering must be one of {CLUSTERINGS}, got {self.clustering!r}")
         if self.centring not in CENTRINGS:
             raise ConfigError(f"centring must be one of {CENTRINGS}, got {self.centring!r}")
+        if not self.switch_penalty >= 0.0:
+            raise ConfigError(f"switch_penalty must be >= 0, got {self.switch_penalty}")
         if self.smoothing < 0:
             raise ConfigError(f"smoothing must be >= 0 windows, got {self.smoothing}")
         if self.embedding_pass not in EMBEDDING_PASSES:
@@ -399,8 +404,12 @@ def _cluster(
         labels = agglomerative_clusters(
             _llr_matrix(model, embeddings, windows), threshold=0.0, count=count
         )
-    if options.resegment and labels.max() > 0:
-        labels = centroid_resegmentation(centred, labels)
+    if options.resegment:
+        decoded = viterbi_resegmentation(
+            centred, windows, labels, switch_penalty=options.switch_penalty
+        )
+        if decoded.max() + 1 >= (count.exact or count.low):  # a fixed count stays fixed
+            labels = decoded
     return labels
 
 
