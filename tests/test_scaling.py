@@ -24,6 +24,7 @@ import pytest
 
 from lapsv.data.manifest import Manifest
 from lapsv.data.manifest import Utterance as ManifestUtterance
+from lapsv.diarization.clustering import viterbi_resegmentation
 from lapsv.diarization.embedding import cut_windows
 from lapsv.diarization.segments import Segment, clip_segments, windows_to_segments
 from lapsv.diarization.windows import bridged_regions, window_spans
@@ -324,8 +325,8 @@ def test_the_guard_fails_on_quadratic_work():
 
 def test_diarization_windows_and_segments_are_linear():
     """A long recording's windows: placed over its speech regions joined across short
-    pauses, cut from a stream of 30 s blocks, joined back into segments and cut to the
-    speech (all but the clustering, which is W x W)."""
+    pauses, cut from a stream of 30 s blocks, resegmented by Viterbi decoding, joined back
+    into segments and cut to the speech (all but the clustering, which is W x W)."""
 
     def make(n: int) -> Callable[[], object]:
         starts = np.arange(n) * 3.5
@@ -334,13 +335,17 @@ def test_diarization_windows_and_segments_are_linear():
         block = np.zeros(30 * 16_000, np.float32)
         blocks = [block[: min(len(block), samples - i)] for i in range(0, samples, len(block))]
         labels = [f"S{i % 3}" for i in range(8 * n)]
+        clusters = np.arange(8 * n) % 3
+        embeddings = np.random.default_rng(0).normal(size=(8 * n, 16))
 
         def run() -> None:
             windows = window_spans(bridged_regions(regions, 0.4))
             spans = np.round(windows * 16_000).astype(np.int64)
             for _ in cut_windows(blocks, spans):
                 pass
-            clip_segments(windows_to_segments(windows, labels[: len(windows)]), regions)
+            w = len(windows)
+            viterbi_resegmentation(embeddings[:w], windows, clusters[:w], switch_penalty=0.2)
+            clip_segments(windows_to_segments(windows, labels[:w]), regions)
 
         return run
 
