@@ -83,9 +83,8 @@ class DiarizeOptions:
         training voices: a frame is speech above a probability of 0.3 unless it is 20 dB
         below the recording's loud speech (the energy gate) or under 0.35 of the way from
         its background level up to that speech (the floor gate, against babble); pauses
-        shorter than 0.25 s stay inside a speech region, regions of 0.15 s or more are
-        kept (a spelled letter is speech), regions are padded by 0.03 s, and a quiet
-        recording is amplified by up to 20 dB before Silero reads it.
+        shorter than 0.25 s stay inside a speech region, regions are padded by 0.03 s,
+        and a quiet recording is amplified by up to 20 dB before Silero reads it.
     """
 
     num_speakers: int | None = None
@@ -107,7 +106,6 @@ class DiarizeOptions:
     vad: VADOptions = dataclasses.field(
         default_factory=lambda: VADOptions(
             threshold=0.3,
-            min_speech=0.15,
             min_silence=0.25,
             speech_pad=0.03,
             energy_gate=20.0,
