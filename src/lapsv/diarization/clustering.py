@@ -195,7 +195,7 @@ def viterbi_resegmentation(
     centroids = np.stack([unit[labels == c].mean(axis=0) for c in range(k)])
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     scores = unit @ centroids.T  # (W, k)
-    touching = np.r_[False, windows[1:, 0] <= windows[:-1, 1] + 1e-6]
+    touching = np.r_[False, np.diff(_region_of_windows(windows)) == 0]
     switch = 1.0 - np.eye(k)  # (from, to)
     best = scores[0].copy()
     came_from = np.zeros(scores.shape, np.int64)
@@ -221,13 +221,19 @@ def smooth_windows(embeddings: np.ndarray, windows: np.ndarray, width: int = 1) 
     """
     if width == 0 or len(embeddings) < 2:
         return embeddings
-    run = np.r_[0, np.cumsum(windows[1:, 0] > windows[:-1, 1] + 1e-6)]  # region of each window
+    run = _region_of_windows(windows)
     total = np.zeros_like(embeddings, dtype=np.float64)
     for shift in range(-width, width + 1):  # O(W * width)
         source = np.clip(np.arange(len(run)) + shift, 0, len(run) - 1)
         same = (run[source] == run) & (np.abs(source - np.arange(len(run))) == abs(shift))
         total += np.where(same[:, None], embeddings[source], 0.0)
     return total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
+
+
+def _region_of_windows(windows: np.ndarray) -> np.ndarray:
+    """(W, 2) sorted windows -> (W,) index of the run of touching windows (one speech
+    region) each belongs to."""
+    return np.r_[0, np.cumsum(windows[1:, 0] > windows[:-1, 1] + 1e-6)]
 
 
 def _few_windows(embeddings: np.ndarray, count: SpeakerCount) -> np.ndarray:
