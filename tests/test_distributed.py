@@ -74,6 +74,36 @@ WORKER = textwrap.dedent(
 )
 
 
+# One process of a gloo group: a handler registered before lapsv's runs after it (atexit is
+# last in, first out) and reports whether the group is still alive at exit.
+LEAVER = textwrap.dedent(
+    """
+    import atexit, os
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['PORT']}",
+                            rank=0, world_size=1)
+    atexit.register(lambda: print("alive at exit:", dist.is_initialized()))
+    from lapsv.process_group import leave_process_group_at_exit
+    leave_process_group_at_exit()
+    leave_process_group_at_exit()  # twice: one handler
+    dist.all_reduce(__import__("torch").ones(4))
+    """
+)
+
+
+def test_the_process_group_is_destroyed_before_the_interpreter_exits(tmp_path):
+    """A gloo process that exits with its group alive can abort at shutdown (SIGABRT,
+    "terminate called without an active exception"): lapsv destroys it at exit."""
+    script = tmp_path / "leaver.py"
+    script.write_text(LEAVER)
+    env = dict(os.environ, PORT=str(free_port()))
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines() == ["alive at exit: False"]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

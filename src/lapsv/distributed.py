@@ -46,6 +46,7 @@ from lapsv.embeddings import EmbeddingSet
 from lapsv.errors import AudioError, LapsvError
 from lapsv.files import atomic_path, atomic_write_text, remove_directory
 from lapsv.inference import DEFAULT_MAX_SECONDS, Embedder, extract_embeddings
+from lapsv.process_group import leave_process_group_at_exit
 
 CHUNK_BATCHES = 16
 """A chunk part holds ``CHUNK_BATCHES * batch_size`` utterances unless told otherwise."""
@@ -97,6 +98,7 @@ def current_processes(device: str | torch.device = "cpu") -> Processes:
 
     wanted = torch.device(device)
     state = PartialState(cpu=wanted.type != "cuda", timeout=BARRIER_TIMEOUT)
+    leave_process_group_at_exit()
     if wanted.type == "cuda" and wanted.index is None:
         device = state.device
     return Processes(

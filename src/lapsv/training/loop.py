@@ -33,6 +33,7 @@ from lapsv.errors import LapsvError
 from lapsv.files import atomic_write_text, check_writable_folder
 from lapsv.frontends import Frontend, build_frontend
 from lapsv.model import SpeakerModel
+from lapsv.process_group import leave_process_group_at_exit
 from lapsv.training.checkpoints import CheckpointStore
 from lapsv.training.config import TrainConfig
 from lapsv.training.data_setup import (
@@ -112,6 +113,8 @@ class Trainer:
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.optim.grad_accum,
         )
+        if accelerator.num_processes > 1:
+            leave_process_group_at_exit()
         if accelerator.is_main_process:  # before any work: fail now, not at the end
             check_writable_folder(out_dir, what="training output folder")
         set_seed(config.seed)
@@ -366,23 +369,27 @@ class Trainer:
 
     def _finish(self) -> dict[str, Path]:
         """Per system: the final model (best epochs averaged, or the last), its classifier
-        and a summary under ``out_dir/<name>``; then the training curves."""
+        and a summary under ``out_dir/<name>``; then the training curves. Every process
+        returns once they are written."""
         self.accelerator.wait_for_everyone()
         outputs = {s.name: self.out_dir / s.name / "model" for s in self.systems}
-        if not self.accelerator.is_main_process:
-            return outputs
-        for system in self.systems:
-            epochs = self.checkpoints.load_final(system)
-            summary = {
-                "averaged_epochs": epochs,
-                "global_batch": self.global_batch,
-                "per_process_batch": self.micro_batch,
-                "processes": self.accelerator.num_processes,
-                "grad_accum": self.config.optim.grad_accum,
-                "skipped_steps": system.skipped_total,
-                "history": system.history,
-            }
-            step = self.accelerator.unwrap_model(system.step)
-            save_final_model(self.out_dir / system.name, step, self.frontend, summary)
-        plot_training_curves(self.out_dir / "metrics.csv", self.out_dir / "curves.png")
+        if self.accelerator.is_main_process:
+            for system in self.systems:
+                self._write_final_model(system)
+            plot_training_curves(self.out_dir / "metrics.csv", self.out_dir / "curves.png")
+        self.accelerator.wait_for_everyone()
         return outputs
+
+    def _write_final_model(self, system: System) -> None:
+        epochs = self.checkpoints.load_final(system)
+        summary = {
+            "averaged_epochs": epochs,
+            "global_batch": self.global_batch,
+            "per_process_batch": self.micro_batch,
+            "processes": self.accelerator.num_processes,
+            "grad_accum": self.config.optim.grad_accum,
+            "skipped_steps": system.skipped_total,
+            "history": system.history,
+        }
+        step = self.accelerator.unwrap_model(system.step)
+        save_final_model(self.out_dir / system.name, step, self.frontend, summary)
