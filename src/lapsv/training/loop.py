@@ -368,28 +368,29 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _finish(self) -> dict[str, Path]:
-        """Per system: the final model (best epochs averaged, or the last), its classifier
-        and a summary under ``out_dir/<name>``; then the training curves. Every process
-        returns once they are written."""
+        """The final models (:func:`_write_final_models`); every process returns once they
+        are written."""
         self.accelerator.wait_for_everyone()
-        outputs = {s.name: self.out_dir / s.name / "model" for s in self.systems}
         if self.accelerator.is_main_process:
-            for system in self.systems:
-                self._write_final_model(system)
-            plot_training_curves(self.out_dir / "metrics.csv", self.out_dir / "curves.png")
+            _write_final_models(self)
         self.accelerator.wait_for_everyone()
-        return outputs
+        return {s.name: self.out_dir / s.name / "model" for s in self.systems}
 
-    def _write_final_model(self, system: System) -> None:
-        epochs = self.checkpoints.load_final(system)
+
+def _write_final_models(trainer: Trainer) -> None:
+    """Per system: the final model (best epochs averaged, or the last), its classifier
+    and a summary under ``out_dir/<name>``; then the training curves."""
+    for system in trainer.systems:
+        epochs = trainer.checkpoints.load_final(system)
         summary = {
             "averaged_epochs": epochs,
-            "global_batch": self.global_batch,
-            "per_process_batch": self.micro_batch,
-            "processes": self.accelerator.num_processes,
-            "grad_accum": self.config.optim.grad_accum,
+            "global_batch": trainer.global_batch,
+            "per_process_batch": trainer.micro_batch,
+            "processes": trainer.accelerator.num_processes,
+            "grad_accum": trainer.config.optim.grad_accum,
             "skipped_steps": system.skipped_total,
             "history": system.history,
         }
-        step = self.accelerator.unwrap_model(system.step)
-        save_final_model(self.out_dir / system.name, step, self.frontend, summary)
+        step = trainer.accelerator.unwrap_model(system.step)
+        save_final_model(trainer.out_dir / system.name, step, trainer.frontend, summary)
+    plot_training_curves(trainer.out_dir / "metrics.csv", trainer.out_dir / "curves.png")
