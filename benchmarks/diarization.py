@@ -377,7 +377,7 @@ def clustered(x: np.ndarray, options: DiarizeOptions, p: float | None) -> dict[s
     tracemalloc.start()
     with EighCalls() as eigh:
         start = time.perf_counter()
-        labels = clustering.spectral_clusters(x, options.count, p=p)
+        labels = clustering.spectral_clusters(clustering.cosine_affinity(x), options.count, p=p)
         seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -396,7 +396,9 @@ def clustering_item(size: Size, log: Callable) -> dict[str, Any]:
     default ``p``, and with ``p`` chosen per recording (NME-SC, up to ``size.auto_windows``
     windows) when that is not the default."""
     options = DiarizeOptions()
-    clustering.spectral_clusters(synthetic_windows(100))  # imports, not timed
+    clustering.spectral_clusters(
+        clustering.cosine_affinity(synthetic_windows(100))
+    )  # imports, not timed
     modes = {"default_p": options.p} | ({} if options.p is None else {"auto_p": None})
     out = {}
     for n in size.cluster_windows:

@@ -134,6 +134,14 @@ def _diarization_targets(data: dict[str, Any]) -> str:
     return markdown_table(["target (issue 24)", "measured", "status"], rows)
 
 
+REPEATED_CLIPS = (
+    "\nThe speakers found are a check, not a score: the conversation repeats four clips, "
+    "so the 2 and 3 s windows of one clip are the same audio at every repeat, and each clip "
+    "can come out as a speaker of its own (4 for 2). A 10-minute conversation of two demo "
+    "test speakers' distinct clips found 2, with and without the longer windows."
+)
+
+
 def _diarization(data: dict[str, Any]) -> str:
     ge2e, whisper, long = data["ge2e"], data["whisper"], data["long"]
     m = data["machine"]
@@ -146,12 +154,14 @@ def _diarization(data: dict[str, Any]) -> str:
         f"`{data['command']}`, {m.get('cpus_usable')} cores, {m.get('date', '')[:10]}, lapsv "
         f"{commit}; load average {m.get('load_average_start')} at the start, "
         f"{m.get('load_average_end')} at the end; {data.get('total_seconds', 0):.0f} s in all. "
-        f"`diarize` on a file (Silero VAD, 1.5 s windows every 0.75 s, spectral clustering), "
+        "`diarize` on a file (Silero VAD, 1.5 s windows every 0.75 s and the 2 and 3 s windows "
+        "nearest them, spectral clustering), "
         f"default options. Conversations from {data['source']}, seed {data['seed']}; x real "
         "time = audio seconds / wall seconds; stage shares of the best run's wall time."
         + _threads_note(data),
         "",
         _diarization_targets(data),
+        REPEATED_CLIPS if "clips repeated" in data["source"] else "",
         f"\n**GE2E** on a {ge2e['conversation']['seconds'] / 60:.3g}-min conversation "
         f"({ge2e['conversation']['speakers']} speakers, {ge2e['conversation']['turns']} turns, "
         f"{ge2e['threads'][ge2e['best_threads']]['speech_s']:.0f} s of speech found)\n",

@@ -37,9 +37,9 @@ from lapsv.diarization.pipeline import (
     DiarizeOptions,
     _cluster,
     diarization_windows,
-    find_speech,
     label_windows,
 )
+from lapsv.diarization.speech import find_speech
 from lapsv.diarization.vad import VADOptions, input_gain, recording_levels, speech_regions
 from lapsv.diarization.windows import window_spans
 from lapsv.errors import AudioError, ConfigError
@@ -147,9 +147,9 @@ def _same_partition(labels, truth) -> bool:
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_spectral_clustering_recovers_the_speakers(k):
     x, truth = _speakers(k, 25, seed=k)
-    assert _same_partition(spectral_clusters(x), truth)
-    assert _same_partition(spectral_clusters(x, p=None), truth)  # NME-SC's own p
-    assert _same_partition(spectral_clusters(x, SpeakerCount(exact=k)), truth)
+    assert _same_partition(spectral_clusters(cosine_affinity(x)), truth)
+    assert _same_partition(spectral_clusters(cosine_affinity(x), p=None), truth)  # NME-SC's own p
+    assert _same_partition(spectral_clusters(cosine_affinity(x), SpeakerCount(exact=k)), truth)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -167,7 +167,7 @@ def test_agglomerative_clustering_recovers_the_speakers(k):
 def test_labels_are_numbered_by_first_appearance():
     x, _ = _speakers(3, 10, seed=3)
     order = np.r_[20:30, 0:10, 10:20]
-    labels = spectral_clusters(x[order])
+    labels = spectral_clusters(cosine_affinity(x[order]))
     assert labels[0] == 0 and labels[10] == 1 and labels[20] == 2
 
 
@@ -176,7 +176,7 @@ def test_impossible_speaker_counts_are_config_errors():
         SpeakerCount(low=3, high=2)
     x, _ = _speakers(2, 3)
     with pytest.raises(ConfigError, match="only 6 windows"):
-        spectral_clusters(x, SpeakerCount(exact=7))
+        spectral_clusters(cosine_affinity(x), SpeakerCount(exact=7))
 
 
 def test_windows_cover_each_region_and_end_with_it():
@@ -308,10 +308,11 @@ def test_windows_span_short_pauses_and_segments_keep_to_the_speech(ge2e):
     """Two words 0.3 s apart share windows (the bridge is 0.5 s), a 1.5 s pause does not;
     the segments are cut back to the speech, so no pause is anyone's turn."""
     regions = np.array([[0.0, 0.6], [0.9, 1.6], [3.1, 4.0], [4.3, 6.0]])
-    options = DiarizeOptions(clustering="ahc", threshold=0.5)
-    windows = diarization_windows(regions, options, duration=7.0)
+    options = DiarizeOptions(clustering="ahc", threshold=0.5, long_windows=())
+    windows = diarization_windows(regions, options, duration=7.0).windows
     assert windows.tolist() == [[0.0, 1.5], [0.1, 1.6], [3.1, 4.6], [3.85, 5.35], [4.5, 6.0]]
     apart = diarization_windows(regions, dataclasses.replace(options, window_bridge=0.0), 7.0)
+    apart = apart.windows
     assert apart[:3].tolist() == regions[:3].tolist()  # each word alone
     x, _ = _speakers(2, 3, seed=5, noise=0.05)
     segments, _ = label_windows(ge2e, x[[0, 1, 3, 4, 5]], windows, options, speech=regions)
@@ -368,6 +369,27 @@ def test_resegmentation_keeps_a_fixed_speaker_count():
     ):
         labels = _cluster(None, x, windows, options)
         assert labels.max() + 1 == found
+
+
+def test_longer_windows_find_the_voices_that_short_windows_blur():
+    """Multi-scale: 1.5 s windows too noisy to separate three voices, and the steadier
+    longer windows around them; their averaged cosines recover the speakers. (The bundled
+    conversation's test below fails when overlapping longer windows vote: each turn
+    becomes a speaker.)"""
+    rng = np.random.default_rng(2)
+    truth = np.repeat(np.tile([0, 1, 2], 4), 8)  # 12 turns of 8 windows
+    voices = rng.normal(size=(3, 32))
+    short = voices[truth] + 1.2 * rng.normal(size=(96, 32))
+    steady = voices[truth] + 0.3 * rng.normal(size=(96, 32))
+    windows = np.concatenate([_run_of_windows(8, start=10.0 * turn) for turn in range(12)])
+    options = DiarizeOptions(resegment=False)
+    alone = _cluster(None, short, windows, options)
+    assert not _same_partition(alone, truth)
+    wider = windows + np.array([-0.75, 0.75])
+    both = _cluster(None, short, windows, options, [(wider, steady)])
+    assert _same_partition(both, truth)
+    with pytest.raises(ConfigError, match="long_windows"):
+        DiarizeOptions(long_windows=(2.0, 0.0))
 
 
 # --- the pipeline -----------------------------------------------------------------------------

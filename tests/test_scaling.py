@@ -27,7 +27,7 @@ from lapsv.data.manifest import Utterance as ManifestUtterance
 from lapsv.diarization.clustering import viterbi_resegmentation
 from lapsv.diarization.embedding import cut_windows
 from lapsv.diarization.segments import Segment, clip_segments, windows_to_segments
-from lapsv.diarization.windows import bridged_regions, window_spans
+from lapsv.diarization.windows import bridged_regions, scaled_windows
 from lapsv.distributed import assign_chunks, plan_chunks
 from lapsv.embeddings import EmbeddingSet
 from lapsv.identification import identify_embeddings, import_embeddings
@@ -325,8 +325,9 @@ def test_the_guard_fails_on_quadratic_work():
 
 def test_diarization_windows_and_segments_are_linear():
     """A long recording's windows: placed over its speech regions joined across short
-    pauses, cut from a stream of 30 s blocks, resegmented by Viterbi decoding, joined back
-    into segments and cut to the speech (all but the clustering, which is W x W)."""
+    pauses (at three lengths, each window paired with the nearest longer ones), cut from a
+    stream of 30 s blocks, resegmented by Viterbi decoding, joined back into segments and
+    cut to the speech (all but the clustering, which is W x W)."""
 
     def make(n: int) -> Callable[[], object]:
         starts = np.arange(n) * 3.5
@@ -339,8 +340,10 @@ def test_diarization_windows_and_segments_are_linear():
         embeddings = np.random.default_rng(0).normal(size=(8 * n, 16))
 
         def run() -> None:
-            windows = window_spans(bridged_regions(regions, 0.4))
-            spans = np.round(windows * 16_000).astype(np.int64)
+            joined = bridged_regions(regions, 0.4)
+            scaled = scaled_windows(joined, window=1.5, hop=0.75, longer=(2.0, 3.0))
+            windows = scaled.windows
+            spans = np.round(scaled.spans * 16_000).astype(np.int64)
             for _ in cut_windows(blocks, spans):
                 pass
             w = len(windows)

@@ -138,6 +138,15 @@ def add_diarization_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.embedding_pass,
         help="window: each window alone; shared: one frontend pass per 30 s (lapsv models)",
     )
+    options.flag(
+        parser,
+        "long_windows",
+        type=options.at_least(0.0),
+        nargs="*",
+        default=list(defaults.long_windows),
+        help="longer windows (seconds) embedded as well, whose cosines are averaged with the "
+        "windows' own before clustering (multi-scale); none: one scale",
+    )
     for name, help_ in (
         ("window", "embedding window (seconds)"),
         ("hop", "step between windows (seconds)"),
@@ -216,6 +225,7 @@ def diarize_options(args: argparse.Namespace) -> DiarizeOptions:
         resegment=args.resegment,
         switch_penalty=args.switch_penalty,
         window=args.window,
+        long_windows=tuple(args.long_windows),
         window_bridge=args.window_bridge,
         hop=args.hop,
         min_segment=args.min_segment,

@@ -48,6 +48,7 @@ from lapsv.speaker import Speaker, load_model
 from lapsv.training import TrainConfig, load_recipe, train
 
 STAGE2_EPOCHS = 2
+ONE_SCALE: dict[str, Any] = {"long_windows": ()}  # diarization without the longer windows
 
 
 @dataclasses.dataclass
@@ -237,16 +238,22 @@ def _evaluate(side: Side, run: _SideRun, corpus: Path, log: Callable[[str], None
 def _diarization_systems(
     sides: list[Side], runs: dict[str, _SideRun], corpus: Path
 ) -> list[System]:
-    """Each side's LAP + ASTP (seed 0, calibrated: spectral or AHC at LLR 0; Whisper: also
-    the shared encoder pass) and GE2E's own embedding (with the training mean)."""
+    """Each side's LAP + ASTP (seed 0, calibrated: spectral, with and without the longer
+    windows, or AHC at LLR 0; Whisper: also the shared encoder pass) and GE2E's own
+    embedding (with the training mean)."""
     systems = []
     for side in sides:
         run = runs[side.name]
         path = run.models[run.config.seed]["lap_astp"]
-        choices = {"spectral": {}, "AHC at LLR 0": {"clustering": "ahc"}}
+        choices = {
+            "spectral": {},
+            "spectral, one scale": ONE_SCALE,
+            "AHC at LLR 0": {"clustering": "ahc"},
+        }
         if side.name != "ge2e":
             choices = {
                 "spectral, window pass": {},
+                "spectral, window pass, one scale": ONE_SCALE,
                 "spectral, shared pass": {"embedding_pass": "shared"},
                 "AHC at LLR 0, shared pass": {"clustering": "ahc", "embedding_pass": "shared"},
             }
@@ -261,7 +268,7 @@ def _diarization_systems(
                     f"{side.name}_builtin",
                     side.builtin_label,
                     lambda b=side.builtin: _with_training_mean(load_model(b), corpus),
-                    {"spectral": {}},
+                    {"spectral": {}, "spectral, one scale": ONE_SCALE},
                 )
             )
     return systems

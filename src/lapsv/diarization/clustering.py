@@ -6,13 +6,15 @@ the row, at least ``min_neighbours``), binarised and symmetrised; the unnormalis
 Laplacian's eigenvalues give the number of speakers (the largest gap between consecutive
 eigenvalues, between ``min_speakers`` and ``max_speakers``), and k-means on its first
 eigenvectors gives the labels. Agglomerative clustering is average linkage over any pair
-score (cosine, or a calibrated LLR) cut at a threshold. scipy does the linear algebra and
-the linkage, scikit-learn the k-means.
+score (cosine, or a calibrated LLR) cut at a threshold. Both take the cosines of windows
+of several lengths averaged (:func:`multiscale_affinity`). scipy does the linear algebra
+and the linkage, scikit-learn the k-means.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -44,6 +46,33 @@ def cosine_affinity(embeddings: np.ndarray) -> np.ndarray:
     """(W, E) embeddings (already centred, if at all) -> (W, W) cosine similarities."""
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def multiscale_affinity(
+    embeddings: np.ndarray, longer: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """(W, W) mean, over scales, of the cosines of (W, E) window embeddings and of each
+    longer scale's (W, 2) windows and (W, E) embeddings (the longer window nearest each
+    window; NeMo's multi-scale affinity). Two longer windows that overlap share audio, which
+    makes them alike whoever speaks: their pair takes the windows' own cosine instead.
+
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> apart = (np.array([[0.0, 3.0], [5.0, 8.0], [10.0, 13.0]]), np.array([[1.0, 0.0]] * 3))
+    >>> multiscale_affinity(x, [apart])[0].tolist()  # windows 0 and 1: (0 + 1) / 2
+    [1.0, 0.5, 1.0]
+    >>> sharing = (np.array([[0.0, 3.0], [1.0, 4.0], [10.0, 13.0]]), apart[1])
+    >>> multiscale_affinity(x, [sharing])[0].tolist()  # 0 and 1 overlap: (0 + 0) / 2
+    [1.0, 0.0, 1.0]
+    """
+    own = cosine_affinity(embeddings)
+    total = own.copy()
+    for windows, scaled in longer:
+        affinity = cosine_affinity(scaled)
+        starts, ends = windows[:, 0], windows[:, 1]
+        np.copyto(affinity, own, where=(starts[:, None] < ends) & (starts < ends[:, None]))
+        total += affinity
+    total /= 1 + len(longer)
+    return total
 
 
 def pruned_affinity(affinity: np.ndarray, *, p: float, min_neighbours: int = 6) -> np.ndarray:
@@ -94,14 +123,15 @@ def auto_pruning(
 
 
 def spectral_clusters(
-    embeddings: np.ndarray,
+    affinity: np.ndarray,
     count: SpeakerCount = SpeakerCount(),
     *,
     p: float | None = None,
     min_neighbours: int = 6,
     seed: int = 0,
 ) -> np.ndarray:
-    """(W, E) window embeddings -> (W,) speaker labels 0..k-1 by spectral clustering.
+    """(W, W) window affinity (cosines) -> (W,) speaker labels 0..k-1 by spectral
+    clustering.
 
     ``p``: the share of each row's neighbours kept; None chooses it per recording
     (:func:`auto_pruning`).
@@ -109,16 +139,15 @@ def spectral_clusters(
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.normal(size=(3, 16))
     >>> x = np.repeat(centres, 20, axis=0) + 0.3 * rng.normal(size=(60, 16))
-    >>> labels = spectral_clusters(x)
+    >>> labels = spectral_clusters(cosine_affinity(x))
     >>> len(set(labels)), len(set(zip(labels, np.repeat([0, 1, 2], 20))))
     (3, 3)
     """
-    n = len(embeddings)
+    n = len(affinity)
     if count.exact is not None and count.exact > n:
         raise ConfigError(f"num_speakers is {count.exact} but there are only {n} windows")
     if n <= 2 or count.exact == 1 or count.high == 1:
-        return _few_windows(embeddings, count)
-    affinity = cosine_affinity(embeddings)
+        return _few_windows(affinity, count)
     high = min(max(count.high, count.exact or 1), n - 1)
     if p is None:
         p = auto_pruning(affinity, count, min_neighbours=min_neighbours)
@@ -236,15 +265,15 @@ def _region_of_windows(windows: np.ndarray) -> np.ndarray:
     return np.r_[0, np.cumsum(windows[1:, 0] > windows[:-1, 1] + 1e-6)]
 
 
-def _few_windows(embeddings: np.ndarray, count: SpeakerCount) -> np.ndarray:
+def _few_windows(affinity: np.ndarray, count: SpeakerCount) -> np.ndarray:
     """One or two windows, or one speaker asked for: too few for a graph."""
-    n = len(embeddings)
+    n = len(affinity)
     wanted = count.exact or (1 if count.high == 1 else None)
     if wanted == 1 or n == 1:
         return np.zeros(n, np.int64)
     if wanted == n:
         return np.arange(n)
-    return agglomerative_clusters(cosine_affinity(embeddings), threshold=0.5, count=count)
+    return agglomerative_clusters(affinity, threshold=0.5, count=count)
 
 
 def _first_seen_order(labels: np.ndarray) -> np.ndarray:

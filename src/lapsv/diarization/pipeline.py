@@ -1,8 +1,10 @@
 """``diarize``: who spoke when in one recording, with any lapsv model.
 
-audio -> Silero VAD (speech regions) -> windows (1.5 s every 0.75 s) -> embeddings through
-the :class:`~lapsv.speaker.Speaker` facade -> clustering (spectral with the eigen-gap
-count, or average linkage at a threshold) -> segments -> names from a speaker database.
+audio -> Silero VAD (speech regions, :mod:`~lapsv.diarization.speech`) -> windows (1.5 s
+every 0.75 s, and the 2 and 3 s ones nearest them) -> embeddings through the
+:class:`~lapsv.speaker.Speaker` facade -> clustering of their multi-scale affinity
+(spectral with the eigen-gap count, or average linkage at a threshold) -> Viterbi
+resegmentation -> segments -> names from a speaker database.
 
 A file is read twice as a stream of 30 s blocks (VAD, then the windows), never whole, so a
 recording of hours runs in bounded memory.
@@ -12,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lapsv.audio import SAMPLE_RATE, audio_duration, prepare_waveform, read_blocks
+from lapsv.audio import SAMPLE_RATE
 from lapsv.diarization.clustering import (
     SpeakerCount,
     agglomerative_clusters,
-    cosine_affinity,
+    multiscale_affinity,
     smooth_windows,
     spectral_clusters,
     viterbi_resegmentation,
@@ -32,15 +34,10 @@ from lapsv.diarization.embedding import (
     window_embeddings,
 )
 from lapsv.diarization.segments import Segment, clip_segments, windows_to_segments
-from lapsv.diarization.vad import (
-    SileroVAD,
-    VADOptions,
-    input_gain,
-    recording_levels,
-    speech_regions,
-)
-from lapsv.diarization.windows import bridged_regions, window_spans
-from lapsv.errors import AudioError, ConfigError
+from lapsv.diarization.speech import Progress, find_speech
+from lapsv.diarization.vad import SileroVAD, VADOptions
+from lapsv.diarization.windows import ScaledWindows, bridged_regions, scaled_windows
+from lapsv.errors import ConfigError
 from lapsv.identification import identify_embeddings
 from lapsv.model import SpeakerModel
 from lapsv.scoring.norm import center_and_normalize, embedding_mean
@@ -48,10 +45,8 @@ from lapsv.scoring.state import score_pairs
 from lapsv.speaker import Speaker
 from lapsv.speakers import SpeakerDB
 
-BLOCK_SECONDS = 30.0  # audio read at a time (and Whisper's one encoder pass)
 CLUSTERINGS = ("spectral", "ahc")
 CENTRINGS = ("recording", "training")
-Progress = Callable[[str, float], None]  # (stage, seconds of the recording done)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +65,11 @@ class DiarizeOptions:
     smoothing: each window's embedding is averaged with this many neighbours on each
         side within its speech region (0: none).
     window, hop: embedding window length and step (seconds).
+    long_windows: longer windows (seconds, same hop) embedded as well: each window's
+        cosines are averaged with those of the nearest longer windows before clustering
+        (NeMo's multi-scale affinity), which finds the speaker count more often; the
+        segments keep ``window``'s resolution and the resegmentation uses ``window``'s
+        embeddings. Empty: one scale.
     window_bridge: windows are laid over the speech regions joined across pauses shorter
         than this (seconds), so that a window holds the words around a short pause; the
         segments are then cut back to the speech regions (0: windows inside each region).
@@ -97,6 +97,7 @@ class DiarizeOptions:
     smoothing: int = 0
     window: float = 1.5
     hop: float = 0.75
+    long_windows: tuple[float, ...] = (2.0, 3.0)
     window_bridge: float = 0.5
     min_segment: float = 0.0
     resegment: bool = True
@@ -132,6 +133,8 @@ class DiarizeOptions:
             raise ConfigError(
                 f"need window > 0 and 0 < hop <= window, got {self.window} and {self.hop}"
             )
+        if not all(length > 0 for length in self.long_windows):
+            raise ConfigError(f"long_windows must be > 0 seconds, got {self.long_windows}")
         if not self.window_bridge >= 0.0:
             raise ConfigError(f"window_bridge must be >= 0 seconds, got {self.window_bridge}")
         if self.p is not None and not 0.0 < self.p <= 1.0:
@@ -211,15 +214,16 @@ def diarize(
     )  # fmt: skip
     clock.done("vad")
     duration = n_samples / SAMPLE_RATE
-    windows = diarization_windows(regions, options, duration)
-    spans = np.round(windows * SAMPLE_RATE).astype(np.int64)
+    scaled = diarization_windows(regions, options, duration)
+    spans = np.round(scaled.spans * SAMPLE_RATE).astype(np.int64)
     embeddings = _embed(model, _reported(reader(), "embeddings", progress), spans, options)
     clock.done("embeddings")
     segments, names = label_windows(
         model,
-        embeddings,
-        windows,
+        embeddings[scaled.rows[0]],
+        scaled.windows,
         options,
+        longer=scaled.longer(embeddings),
         speech=regions,
         speakers=speakers,
         name_threshold=name_threshold,
@@ -229,49 +233,20 @@ def diarize(
     return Diarization(file_id, duration, speech_seconds, tuple(segments), names, clock.seconds)
 
 
-def find_speech(
-    audio: str | Path | np.ndarray,
-    *,
-    sample_rate: int | None = None,
-    vad: SileroVAD | None = None,
-    speech: np.ndarray | None = None,
-    options: VADOptions | None = None,
-    progress: Progress | None = None,
-) -> tuple[Callable[[], Iterator[np.ndarray]], np.ndarray, int]:
-    """One pass over a recording: (a function giving it again as 16 kHz blocks, (R, 2)
-    speech regions in seconds, its length in samples). ``speech`` replaces the VAD.
-
-    Raises:
-        AudioError: the file cannot be read, has bad samples, or holds no speech.
-    """
-    source = str(audio) if isinstance(audio, str | Path) else "<array>"
-    options = options or VADOptions()
-    reader = block_reader(audio, sample_rate)
-    vad = None if speech is not None else (vad or SileroVAD())  # oracle speech: no VAD
-    probabilities, levels, n_samples = scan_recording(
-        vad, reader, source, progress, options.max_gain
-    )
-    if vad is not None:
-        regions = speech_regions(probabilities, n_samples, options, levels)
-    else:
-        regions = np.clip(np.asarray(speech, np.float64).reshape(-1, 2), 0, n_samples / SAMPLE_RATE)
-        regions = regions[regions[:, 1] > regions[:, 0]]
-    if not len(regions):
-        raise AudioError(
-            source,
-            f"no speech found (Silero VAD at threshold {options.threshold}); "
-            "a lower VAD threshold (`vad_threshold`) finds quieter speech",
-        )
-    return reader, regions, n_samples
-
-
 def diarization_windows(
     regions: np.ndarray, options: DiarizeOptions, duration: float
-) -> np.ndarray:
-    """(W, 2) embedding windows (seconds) over (R, 2) speech regions joined across pauses
-    shorter than ``options.window_bridge``, in a recording ``duration`` seconds long."""
+) -> ScaledWindows:
+    """Embedding windows (``options.window``, and ``options.long_windows``) over (R, 2)
+    speech regions joined across pauses shorter than ``options.window_bridge``, in a
+    recording ``duration`` seconds long."""
     joined = bridged_regions(regions, options.window_bridge)
-    return window_spans(joined, window=options.window, hop=options.hop, duration=duration)
+    return scaled_windows(
+        joined,
+        window=options.window,
+        hop=options.hop,
+        longer=options.long_windows,
+        duration=duration,
+    )
 
 
 def label_windows(
@@ -280,14 +255,17 @@ def label_windows(
     windows: np.ndarray,
     options: DiarizeOptions,
     *,
+    longer: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     speech: np.ndarray | None = None,
     speakers: SpeakerDB | None = None,
     name_threshold: float | None = None,
 ) -> tuple[list[Segment], dict[str, str]]:
     """Cluster (W, E) window embeddings of (W, 2) windows into speaker segments, cut to
     the (R, 2) ``speech`` regions when given, named from ``speakers`` where they pass the
-    threshold: (segments, label -> name)."""
-    labels = _cluster(model, embeddings, windows, options)
+    threshold: (segments, label -> name). ``longer``: for each longer scale, the (W, 2)
+    windows nearest each window and their (W, E) embeddings (:func:`multiscale_affinity`,
+    :meth:`~lapsv.diarization.windows.ScaledWindows.longer`)."""
+    labels = _cluster(model, embeddings, windows, options, longer)
     segments = windows_to_segments(windows, [f"SPEAKER_{k:02d}" for k in labels])
     if speech is not None:
         segments = clip_segments(segments, speech)
@@ -325,56 +303,6 @@ def _reported(
             progress(stage, done / SAMPLE_RATE)
 
 
-def block_reader(audio: str | Path | np.ndarray, sample_rate: int | None) -> Callable[[], Iterator]:
-    """A function giving the recording as a fresh stream of 16 kHz blocks."""
-    block = int(BLOCK_SECONDS * SAMPLE_RATE)
-    if isinstance(audio, str | Path):
-        audio_duration(audio)  # AudioError now for a missing or undecodable file
-        return lambda: read_blocks(audio, sample_rate=SAMPLE_RATE, block_samples=block)
-    wave = prepare_waveform(audio, sample_rate or SAMPLE_RATE, min_seconds=0.0)
-    return lambda: (wave[i : i + block] for i in range(0, len(wave), block))
-
-
-def scan_recording(
-    vad: SileroVAD | None,
-    reader: Callable[[], Iterator],
-    source: str,
-    progress: Progress | None,
-    max_gain: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The recording's length, checked samples, and the VAD's per-frame speech
-    probabilities and levels (none without a VAD). One pass; two with a ``max_gain`` (the
-    first measures the level, :func:`~lapsv.diarization.vad.input_gain`)."""
-    n_samples = 0
-
-    def checked(report: bool) -> Iterator[np.ndarray]:
-        nonlocal n_samples
-        n_samples = 0
-        for block in reader():
-            if not np.isfinite(block).all():
-                raise AudioError(source, "audio contains NaN or infinite samples")
-            n_samples += len(block)
-            if report and progress is not None:
-                progress("speech", n_samples / SAMPLE_RATE)
-            yield block
-
-    try:
-        if vad is None:
-            probabilities = levels = np.zeros(0, np.float32)
-            for _ in checked(report=True):  # the length and the sample checks only
-                pass
-        else:
-            gain = 1.0
-            if max_gain > 0:
-                gain = input_gain(recording_levels(checked(report=False)), max_gain)
-            probabilities, levels = vad.scan(checked(report=True), gain=gain)
-    except (RuntimeError, OSError) as error:  # libsndfile failing mid-file
-        raise AudioError(source, f"cannot decode audio ({error})") from error
-    if n_samples == 0:
-        raise AudioError(source, "empty audio (no samples)")
-    return probabilities, levels, n_samples
-
-
 def _embed(
     model: Speaker, blocks: Iterator[np.ndarray], spans: np.ndarray, options: DiarizeOptions
 ) -> np.ndarray:
@@ -390,23 +318,29 @@ def _embed(
 
 
 def _cluster(
-    model: Speaker, embeddings: np.ndarray, windows: np.ndarray, options: DiarizeOptions
+    model: Speaker,
+    embeddings: np.ndarray,
+    windows: np.ndarray,
+    options: DiarizeOptions,
+    longer: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> np.ndarray:
-    centred = smooth_windows(_centred(model, embeddings, options), windows, options.smoothing)
+    def centred(x: np.ndarray) -> np.ndarray:
+        return smooth_windows(_centred(model, x, options), windows, options.smoothing)
+
+    base = centred(embeddings)
+    affinity = multiscale_affinity(base, [(w, centred(x)) for w, x in longer])
     count = options.count
     if options.clustering == "spectral":
-        labels = spectral_clusters(centred, count, p=options.p)
+        labels = spectral_clusters(affinity, count, p=options.p)
     elif options.threshold is not None:
-        labels = agglomerative_clusters(
-            cosine_affinity(centred), threshold=options.threshold, count=count
-        )
+        labels = agglomerative_clusters(affinity, threshold=options.threshold, count=count)
     else:
         labels = agglomerative_clusters(
             _llr_matrix(model, embeddings, windows), threshold=0.0, count=count
         )
     if options.resegment:
         decoded = viterbi_resegmentation(
-            centred, windows, labels, switch_penalty=options.switch_penalty
+            base, windows, labels, switch_penalty=options.switch_penalty
         )
         if decoded.max() + 1 >= (count.exact or count.low):  # a fixed count stays fixed
             labels = decoded

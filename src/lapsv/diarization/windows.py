@@ -10,7 +10,9 @@ the words on both sides of a pause.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -77,3 +79,74 @@ def bridged_regions(regions: np.ndarray, gap: float) -> np.ndarray:
     first = np.r_[True, regions[1:, 0] - regions[:-1, 1] >= gap]  # starts a joined region
     starts = np.flatnonzero(first)
     return np.stack([regions[starts, 0], np.maximum.reduceat(regions[:, 1], starts)], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledWindows:
+    """Embedding windows of one length over the speech, each with the windows of other
+    (longer) lengths whose centres are nearest to it: the scales of NeMo's multi-scale
+    diarization. A longer window holds more of a voice (a steadier embedding, a clearer
+    speaker count); the base window keeps the time resolution.
+
+    windows: (W, 2) the base windows (seconds); labels and segments are theirs.
+    spans: (M, 2) every distinct window of every scale, sorted by start (seconds): each is
+        embedded once.
+    rows: (S, W) the row of ``spans`` of each base window at each of S scales (scale 0:
+        the base window itself).
+    """
+
+    windows: np.ndarray
+    spans: np.ndarray
+    rows: np.ndarray
+
+    def longer(self, embeddings: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each longer scale: the (W, 2) windows nearest the base windows and their
+        (W, E) rows of ``embeddings``, the (M, E) embeddings of ``spans``."""
+        return [(self.spans[rows], embeddings[rows]) for rows in self.rows[1:]]
+
+
+def scaled_windows(
+    regions: np.ndarray,
+    *,
+    window: float,
+    hop: float,
+    longer: Sequence[float] = (),
+    duration: float | None = None,
+) -> ScaledWindows:
+    """:func:`window_spans` of (R, 2) speech regions at ``window`` and at each ``longer``
+    length (same ``hop``).
+
+    >>> scaled = scaled_windows(np.array([[0.0, 3.0]]), window=1.5, hop=0.75, longer=[3.0])
+    >>> scaled.spans.tolist(), scaled.rows.tolist()
+    ([[0.0, 1.5], [0.0, 3.0], [0.75, 2.25], [1.5, 3.0]], [[0, 2, 3], [1, 1, 1]])
+    """
+    scales = [
+        window_spans(regions, window=length, hop=hop, duration=duration)
+        for length in (window, *longer)
+    ]
+    spans, row_of = np.unique(np.concatenate(scales), axis=0, return_inverse=True)
+    row_of = row_of.reshape(-1)
+    firsts = np.cumsum([0] + [len(s) for s in scales[:-1]])
+    base = scales[0]
+    rows = [
+        row_of[first + nearest_windows(base, s)] for first, s in zip(firsts, scales, strict=True)
+    ]
+    return ScaledWindows(base, spans, np.stack(rows))
+
+
+def nearest_windows(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(W,) row of the window of (M, 2) ``others`` whose centre is nearest the centre of
+    each of (W, 2) ``windows`` (the first of two as near). O((W + M) log M).
+
+    >>> windows, others = np.array([[0.0, 1.0], [2.0, 3.0]]), np.array([[0.0, 3.0], [2.0, 4.0]])
+    >>> nearest_windows(windows, others).tolist()
+    [0, 1]
+    """
+    centres = others.mean(axis=1)
+    order = np.argsort(centres, kind="stable")
+    ordered = centres[order]
+    wanted = windows.mean(axis=1)
+    after = np.searchsorted(ordered, wanted).clip(0, len(ordered) - 1)
+    before = (after - 1).clip(0)
+    nearer = np.abs(ordered[before] - wanted) <= np.abs(ordered[after] - wanted)
+    return order[np.where(nearer, before, after)]

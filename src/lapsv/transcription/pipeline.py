@@ -30,12 +30,11 @@ from lapsv.audio import SAMPLE_RATE
 from lapsv.diarization.embedding import pool_windows, window_embeddings
 from lapsv.diarization.pipeline import (
     DiarizeOptions,
-    Progress,
     StageClock,
     diarization_windows,
-    find_speech,
     label_windows,
 )
+from lapsv.diarization.speech import Progress, find_speech
 from lapsv.diarization.vad import SileroVAD
 from lapsv.errors import ConfigError
 from lapsv.frontends.whisper import WhisperFrontend
@@ -161,8 +160,10 @@ class Transcriber:
         )
         clock.done("vad")
         duration = n_samples / SAMPLE_RATE
-        windows = diarization_windows(regions, diarization, duration)
-        spans = np.round(windows * SAMPLE_RATE).astype(np.int64)[: None if options.speakers else 0]
+        scaled = diarization_windows(regions, diarization, duration)
+        spans = np.round(scaled.spans * SAMPLE_RATE).astype(np.int64)
+        if not options.speakers:
+            spans = spans[:0]
         run = _WindowRun(self, spans, options, progress)
         language = run.read(reader(), regions, n_samples)
         clock.done("transcription")
@@ -176,9 +177,10 @@ class Transcriber:
             )
         speaker_segments, names = label_windows(
             self.model,
-            run.embeddings,
-            windows,
+            run.embeddings[scaled.rows[0]],
+            scaled.windows,
             diarization,
+            longer=scaled.longer(run.embeddings),
             speech=regions,
             speakers=speakers,
             name_threshold=name_threshold,
