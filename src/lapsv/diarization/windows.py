@@ -88,16 +88,19 @@ class ScaledWindows:
     diarization. A longer window holds more of a voice (a steadier embedding, a clearer
     speaker count); the base window keeps the time resolution.
 
-    windows: (W, 2) the base windows (seconds); labels and segments are theirs.
     spans: (M, 2) every distinct window of every scale, sorted by start (seconds): each is
         embedded once.
     rows: (S, W) the row of ``spans`` of each base window at each of S scales (scale 0:
         the base window itself).
     """
 
-    windows: np.ndarray
     spans: np.ndarray
     rows: np.ndarray
+
+    @property
+    def windows(self) -> np.ndarray:
+        """(W, 2) the base windows (seconds); labels and segments are theirs."""
+        return self.spans[self.rows[0]]
 
     def longer(self, embeddings: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each longer scale: the (W, 2) windows nearest the base windows and their
@@ -126,12 +129,12 @@ def scaled_windows(
     ]
     spans, row_of = np.unique(np.concatenate(scales), axis=0, return_inverse=True)
     row_of = row_of.reshape(-1)
-    firsts = np.cumsum([0] + [len(s) for s in scales[:-1]])
+    firsts = np.cumsum([len(s) for s in scales[:-1]])  # where each longer scale starts
     base = scales[0]
-    rows = [
-        row_of[first + nearest_windows(base, s)] for first, s in zip(firsts, scales, strict=True)
-    ]
-    return ScaledWindows(base, spans, np.stack(rows))
+    rows = [row_of[: len(base)]]
+    for first, scale in zip(firsts, scales[1:], strict=True):
+        rows.append(row_of[first + nearest_windows(base, scale)])
+    return ScaledWindows(spans, np.stack(rows))
 
 
 def nearest_windows(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
